@@ -1,0 +1,74 @@
+"""Platform settings, read from the environment (``NARA_*``) with safe defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from nara.security.gate import SecuritySettings
+from nara.store.database import database_url
+from nara.store.store import StoreSettings
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _env_pairs(name: str, sep: str) -> list[tuple[str, str]]:
+    out = []
+    for item in os.environ.get(name, "").split(","):
+        key, found, value = item.strip().partition(sep)
+        if found and key and value:
+            out.append((key.strip(), value.strip()))
+    return out
+
+
+def _security_from_env() -> SecuritySettings:
+    return SecuritySettings(
+        enabled=True,
+        dev_idp=_env_bool("NARA_DEV_IDP", False),
+        audience=os.environ.get("NARA_AUDIENCE", "nara"),
+        issuers=_env_pairs("NARA_OIDC_ISSUERS", "="),
+        dev_clients=dict(_env_pairs("NARA_DEV_IDP_CLIENTS", ":")),
+        log_extract_names=_env_bool("NARA_LOG_EXTRACT_NAMES", True),
+        emergency_hours=_env_int("NARA_EMERGENCY_HOURS", 4),
+    )
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    database_url: str = field(default_factory=lambda: database_url(None))
+    # Public base URL of the FHIR API (e.g. https://nara.example.se/fhir); derived from requests when empty.
+    base_url: str = field(default_factory=lambda: os.environ.get("NARA_BASE_URL", ""))
+    max_body_bytes: int = field(default_factory=lambda: _env_int("NARA_MAX_BODY_BYTES", 16 * 1024 * 1024))
+    # Operators' query-plan view (_explain=true); off unless configured.
+    explain_enabled: bool = field(default_factory=lambda: _env_bool("NARA_EXPLAIN", False))
+    pool_size: int = field(default_factory=lambda: _env_int("NARA_DB_POOL_SIZE", 10))
+    store: StoreSettings = field(
+        default_factory=lambda: StoreSettings(
+            validate=_env_bool("NARA_VALIDATE", True),
+            default_count=_env_int("NARA_DEFAULT_COUNT", 20),
+            max_count=_env_int("NARA_MAX_COUNT", 1000),
+            max_or_values=_env_int("NARA_MAX_OR_VALUES", 500),
+            max_chain_depth=_env_int("NARA_MAX_CHAIN_DEPTH", 3),
+            max_include=_env_int("NARA_MAX_INCLUDE", 1000),
+            statement_timeout_ms=_env_int("NARA_STATEMENT_TIMEOUT_MS", 10_000),
+            autocommit_reads=_env_bool("NARA_AUTOCOMMIT_READS", True),
+            async_read_commit=_env_bool("NARA_ASYNC_READ_COMMIT", True),
+            generic_read_plans=_env_bool("NARA_GENERIC_READ_PLANS", False),
+        )
+    )
+    security: SecuritySettings = field(default_factory=_security_from_env)

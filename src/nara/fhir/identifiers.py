@@ -1,0 +1,215 @@
+"""Swedish identifiers: personnummer, samordningsnummer (R-ID-1), HSA-ids (R-ID-2), organisation numbers.
+
+Personnummer and samordningsnummer are stored as 12 digits (YYYYMMDDNNNC) without separator. The last
+digit is a Luhn check digit over the 10-digit form YYMMDDNNN (Skatteverket SKV 704). A samordningsnummer
+has the day of birth plus 60 (61-91). HSA-ids arrive under two OIDs and are stored under one system.
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+PERSONNUMMER = "http://electronichealth.se/identifier/personnummer"
+SAMORDNINGSNUMMER = "http://electronichealth.se/identifier/samordningsnummer"
+# RIV-TA / HL7v3 OIDs for the same two identifiers (R-ID-2).
+PERSONNUMMER_OID = "1.2.752.129.2.1.3.1"
+SAMORDNINGSNUMMER_OID = "1.2.752.129.2.1.3.3"
+
+HSA_ID = "urn:oid:1.2.752.29.4.19"  # the one system HSA-ids are stored under
+HSA_ID_RIV = "urn:oid:1.2.752.129.2.1.4.1"  # Inera RIV-TA's OID, accepted on input
+ORGANISATION_NUMBER = "urn:oid:2.5.4.97"
+
+_SYSTEM_ALIASES = {
+    PERSONNUMMER_OID: PERSONNUMMER,
+    "urn:oid:" + PERSONNUMMER_OID: PERSONNUMMER,
+    SAMORDNINGSNUMMER_OID: SAMORDNINGSNUMMER,
+    "urn:oid:" + SAMORDNINGSNUMMER_OID: SAMORDNINGSNUMMER,
+    HSA_ID_RIV: HSA_ID,
+    HSA_ID_RIV.removeprefix("urn:oid:"): HSA_ID,
+    HSA_ID.removeprefix("urn:oid:"): HSA_ID,
+}
+
+_PERSON_RE = re.compile(r"(?:(\d{2}))?(\d{2})(\d{2})(\d{2})([-+]?)(\d{3})(\d)")
+# SE + organisation number (10 digits, optionally prefixed by a 2-digit country/series code) + '-' + local part.
+_HSA_RE = re.compile(r"SE\d{10}(?:\d{2})?-[A-Z0-9]{1,20}")
+_ORGNR_RE = re.compile(r"(\d{6})-?(\d{4})")
+
+PersonIdKind = Literal["personnummer", "samordningsnummer"]
+
+
+class InvalidIdentifier(ValueError):
+    """An identifier value that is malformed or fails its check digit; the message says why."""
+
+
+def luhn_check_digit(digits: str) -> int:
+    """The Luhn check digit for ``digits`` (weights 2,1,2,1,... from the left, as for personnummer)."""
+    total = 0
+    for i, ch in enumerate(digits):
+        product = int(ch) * (2 if i % 2 == 0 else 1)
+        total += product // 10 + product % 10
+    return (10 - total % 10) % 10
+
+
+def luhn_valid(ten_digits: str) -> bool:
+    """Whether a 10-digit number (YYMMDDNNNC or an organisation number) carries a correct check digit."""
+    return len(ten_digits) == 10 and ten_digits.isdigit() and luhn_check_digit(ten_digits[:9]) == int(ten_digits[9])
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalIdentity:
+    """A checked personnummer or samordningsnummer."""
+
+    value: str  # 12 digits, no separator
+    kind: PersonIdKind
+    birth_date: date
+    sex: Literal["male", "female"]  # legal sex from the third digit of the birth number
+
+    @property
+    def system(self) -> str:
+        return PERSONNUMMER if self.kind == "personnummer" else SAMORDNINGSNUMMER
+
+    def identifier(self) -> dict[str, Any]:
+        """The FHIR Identifier for this person."""
+        return {"system": self.system, "value": self.value}
+
+    def age_on(self, day: date) -> int:
+        years = day.year - self.birth_date.year
+        return years - ((day.month, day.day) < (self.birth_date.month, self.birth_date.day))
+
+
+def parse_personal_identity(raw: str, *, today: date | None = None) -> PersonalIdentity:
+    """Check and normalise a personnummer or samordningsnummer (R-ID-1).
+
+    Accepts ``YYYYMMDDNNNC``, ``YYYYMMDD-NNNC`` and the 10-digit forms ``YYMMDD-NNNC`` / ``YYMMDD+NNNC``
+    (``+`` once the person has turned 100; the century is taken relative to ``today``). Raises
+    :class:`InvalidIdentifier` when the value is malformed, names an impossible date or fails the Luhn check.
+    """
+    if not isinstance(raw, str):
+        raise InvalidIdentifier("A personnummer must be a string of digits")
+    text = raw.strip()
+    m = _PERSON_RE.fullmatch(text)
+    if m is None:
+        raise InvalidIdentifier(f"{text[:20]!r} is not a personnummer or samordningsnummer (expected YYYYMMDDNNNC)")
+    century, yy, mm, dd, sep, serial, check = m.groups()
+    ten = f"{yy}{mm}{dd}{serial}{check}"
+    if not luhn_valid(ten):
+        raise InvalidIdentifier(f"{text[:20]!r} fails the Luhn check digit")
+    day = int(dd)
+    kind: PersonIdKind = "personnummer"
+    if day > 60:
+        kind, day = "samordningsnummer", day - 60
+    if century is not None:
+        if sep == "+":
+            raise InvalidIdentifier(f"{text!r}: '+' is only used in the 10-digit form")
+        year = int(century + yy)
+    else:
+        ref = today or date.today()
+        year = (ref.year // 100) * 100 + int(yy)
+        if year > ref.year:
+            year -= 100
+        if sep == "+":
+            year -= 100
+    if year < 1800:
+        raise InvalidIdentifier(f"{text!r}: birth year {year} is not plausible")
+    try:
+        born = date(year, int(mm), day)
+    except ValueError:
+        raise InvalidIdentifier(f"{text[:20]!r} does not contain a valid date of birth") from None
+    sex: Literal["male", "female"] = "male" if int(serial[2]) % 2 == 1 else "female"
+    return PersonalIdentity(f"{year:04d}{mm}{dd}{serial}{check}", kind, born, sex)
+
+
+def is_valid_personal_identity(raw: str) -> bool:
+    try:
+        parse_personal_identity(raw)
+    except InvalidIdentifier:
+        return False
+    return True
+
+
+def make_personal_identity(born: date, birth_number: int, *, samordning: bool = False) -> str:
+    """A Luhn-valid 12-digit number for ``born`` and the 3-digit birth number (odd = male, even = female)."""
+    if not 0 <= birth_number <= 999:
+        raise ValueError("birth_number must be 0..999")
+    day = born.day + (60 if samordning else 0)
+    nine = f"{born.year % 100:02d}{born.month:02d}{day:02d}{birth_number:03d}"
+    return f"{born.year // 100:02d}{nine}{luhn_check_digit(nine)}"
+
+
+def normalize_system(system: str | None) -> str | None:
+    """The stored identifier system for an inbound one: RIV OIDs map to the HL7 Sweden URIs (R-ID-2)."""
+    if system is None:
+        return None
+    return _SYSTEM_ALIASES.get(system.strip(), system.strip())
+
+
+def normalize_hsa_id(raw: str) -> str:
+    """An HSA-id in its stored form (upper case, no spaces); raises :class:`InvalidIdentifier` if malformed.
+
+    HSA-ids are also the FHIR ids of directory Organizations, so the format is kept within FHIR's id rules.
+    """
+    if not isinstance(raw, str):
+        raise InvalidIdentifier("An HSA-id must be a string")
+    value = raw.strip().upper()
+    if not _HSA_RE.fullmatch(value):
+        raise InvalidIdentifier(
+            f"{raw[:40]!r} is not an HSA-id (expected SE + organisation number + '-' + up to 20 letters or digits)"
+        )
+    return value
+
+
+def is_hsa_system(system: str | None) -> bool:
+    return normalize_system(system) == HSA_ID
+
+
+def hsa_identifier(value: str) -> dict[str, Any]:
+    """The FHIR Identifier for an HSA-id (normalised)."""
+    return {"system": HSA_ID, "value": normalize_hsa_id(value)}
+
+
+def normalize_organisation_number(raw: str) -> str:
+    """An organisation number as NNNNNN-NNNN after the Luhn check; raises :class:`InvalidIdentifier`."""
+    m = _ORGNR_RE.fullmatch(raw.strip()) if isinstance(raw, str) else None
+    if m is None:
+        raise InvalidIdentifier(f"{str(raw)[:20]!r} is not an organisation number (expected NNNNNN-NNNN)")
+    digits = m.group(1) + m.group(2)
+    if not luhn_valid(digits):
+        raise InvalidIdentifier(f"{raw!r} fails the Luhn check digit of an organisation number")
+    return f"{m.group(1)}-{m.group(2)}"
+
+
+def make_organisation_number(nine_digits: str) -> str:
+    """A Luhn-valid organisation number NNNNNN-NNNN from its first nine digits."""
+    if len(nine_digits) != 9 or not nine_digits.isdigit():
+        raise ValueError("nine digits expected")
+    full = nine_digits + str(luhn_check_digit(nine_digits))
+    return f"{full[:6]}-{full[6:]}"
+
+
+def normalize_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
+    """An inbound FHIR Identifier with its system normalised and its value checked where the system is known.
+
+    Personnummer/samordningsnummer values become 12 digits (and must pass the Luhn check); HSA-ids become
+    upper case under :data:`HSA_ID`. Other identifiers are returned unchanged. Raises :class:`InvalidIdentifier`.
+    """
+    system = normalize_system(identifier.get("system"))
+    value = identifier.get("value")
+    out = dict(identifier)
+    if system is not None:
+        out["system"] = system
+    if not isinstance(value, str):
+        return out
+    if system in (PERSONNUMMER, SAMORDNINGSNUMMER):
+        pid = parse_personal_identity(value)
+        if pid.system != system:
+            raise InvalidIdentifier(f"{value!r} is a {pid.kind}, not a {system.rsplit('/', 1)[-1]}")
+        out["value"] = pid.value
+    elif system == HSA_ID:
+        out["value"] = normalize_hsa_id(value)
+    elif system == ORGANISATION_NUMBER:
+        out["value"] = normalize_organisation_number(value)
+    return out

@@ -1,0 +1,589 @@
+"""The access log (HSLF-FS 2016:40 4 kap. 9 §, R-LOG-1..4): records, hash chain, extract and review.
+
+Every interaction writes one ``audit_event`` row (and one ``audit_access`` row per patient and data
+owner it touched) in the same database transaction as the interaction itself, so an acknowledged
+request always has its record. A sealer chains committed rows in order: ``hash = sha256(prev_hash ||
+canonical(event + its accesses))``. ``verify`` walks the chain and reports the first altered,
+inserted or deleted record. Triggers refuse updates and deletes inside the retention period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from functools import cache, partial
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+from nara.fhir.dates import local_zone, utcnow
+from nara.security.actors import Actor
+from nara.security.schema import audit_access, audit_event, audit_review, pdl_rule
+
+GENESIS = "0" * 64
+
+
+@dataclass
+class Access:
+    patient_id: str
+    owner_org: str | None
+    owner_unit: str | None
+    access_type: str
+    protected: bool = False
+    action: str | None = None  # set when it differs from the event's action
+
+
+@dataclass
+class AuditRecord:
+    action: str
+    outcome: str
+    actor: Actor
+    resource_type: str | None = None
+    resource_id: str | None = None
+    request: str | None = None
+    reason: str | None = None
+    assertion_id: str | None = None
+    flags: set[str] = field(default_factory=set)
+    accesses: list[Access] = field(default_factory=list)
+    # False when the access-rule store cannot be read (R-BLK-5): protected identity is then not looked up.
+    lookup_protected: bool = True
+
+
+def now_utc() -> datetime:
+    return utcnow().replace(tzinfo=None)
+
+
+_EVENT_COLUMNS = (
+    "recorded_at",
+    "action",
+    "outcome",
+    "actor_kind",
+    "user_id",
+    "user_name",
+    "assignment_id",
+    "unit_id",
+    "provider_id",
+    "purpose",
+    "client_id",
+    "resource_type",
+    "resource_id",
+    "request",
+    "reason",
+    "assertion_id",
+    "flags",
+    "patient_count",
+)
+_ACCESS_COLUMNS = ("patient_id", "owner_org", "owner_unit", "access_type", "protected", "action")
+
+
+def _placeholder(dialect: str, name: str) -> str:
+    return f"%({name})s" if dialect == "postgresql" else f":{name}"
+
+
+@cache
+def _record_sql(dialect: str, accesses: int, lookup_protected: bool = True) -> tuple[str, str | None]:
+    """SQL for one event and ``accesses`` access rows, built once per shape (no per-call compilation).
+
+    PostgreSQL: one statement (a data-modifying CTE inserts the event, the outer INSERT its accesses).
+    SQLite: the event insert, then an executemany of the access insert.
+    """
+    ph = partial(_placeholder, dialect)
+    event = (
+        f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) "
+        f"VALUES ({', '.join(ph(c) for c in _EVENT_COLUMNS)}) RETURNING seq"
+    )
+    access_cols = "seq, recorded_at, " + ", ".join(_ACCESS_COLUMNS)
+    if dialect == "postgresql" and accesses and lookup_protected:
+        # Protected identity (R-ID-3) is looked up by the statement itself, so a read costs no extra query.
+        patients = ", ".join(ph(f"patient_id_{i}") for i in range(accesses))
+        values_ = [ph(c) for c in _EVENT_COLUMNS]
+        values_[_EVENT_COLUMNS.index("flags")] = (
+            f"NULLIF(concat_ws(',', {ph('flags')}::text, CASE WHEN EXISTS (SELECT 1 FROM pdl_rule p WHERE "
+            f"p.kind = 'protected' AND p.patient_id IN ({patients})) THEN 'protected-identity' END), '')"
+        )
+        event = f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join(values_)}) RETURNING seq"
+        rows = ", ".join(
+            "(" + ", ".join(ph(f"{c}_{i}") + ("::boolean" if c == "protected" else "") for c in _ACCESS_COLUMNS) + ")"
+            for i in range(accesses)
+        )
+        both = (
+            f"WITH ev AS ({event}) INSERT INTO audit_access ({access_cols}) "
+            f"SELECT ev.seq, {ph('recorded_at')}, v.patient_id, v.owner_org, v.owner_unit, v.access_type, "
+            "v.protected OR EXISTS (SELECT 1 FROM pdl_rule p WHERE p.kind = 'protected' "
+            "AND p.patient_id = v.patient_id), v.action "
+            f"FROM ev, (VALUES {rows}) AS v({', '.join(_ACCESS_COLUMNS)}) RETURNING seq"
+        )
+        return both, None
+    access = (
+        f"INSERT INTO audit_access ({access_cols}) VALUES ({ph('seq')}, {ph('recorded_at')}, "
+        + ", ".join(ph(c) for c in _ACCESS_COLUMNS)
+        + ")"
+    )
+    return event, access
+
+
+def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
+    """Insert one audit record (event + accesses) in the caller's transaction; returns its seq."""
+    at = at or now_utc()
+    actor = rec.actor
+    a = actor.assignment
+    flags = set(rec.flags)
+    if any(x.protected for x in rec.accesses):
+        flags.add("protected-identity")
+    if any(x.access_type == "emergency" for x in rec.accesses):
+        flags.add("emergency")
+    unique: dict[tuple[str, str | None, str | None, str, str | None], Access] = {}
+    for x in rec.accesses:
+        unique.setdefault((x.patient_id, x.owner_org, x.owner_unit, x.access_type, x.action), x)
+    accesses = list(unique.values())
+    params: dict[str, Any] = {
+        "recorded_at": at,
+        "action": rec.action,
+        "outcome": rec.outcome,
+        "actor_kind": actor.kind,
+        "user_id": actor.subject,
+        "user_name": actor.name or None,
+        "assignment_id": a.id if a else None,
+        "unit_id": a.unit if a else None,
+        "provider_id": a.provider if a else None,
+        "purpose": a.purpose if a else None,
+        "client_id": actor.client_id,
+        "resource_type": rec.resource_type,
+        "resource_id": rec.resource_id,
+        "request": (rec.request or "")[:2000] or None,
+        "reason": rec.reason,
+        "assertion_id": rec.assertion_id,
+        "flags": ",".join(sorted(flags)) or None,
+        "patient_count": len({x.patient_id for x in accesses}),
+    }
+    dialect = conn.dialect.name
+    if dialect != "postgresql" and accesses and rec.lookup_protected:
+        # SQLite: mark protected identity (R-ID-3) here; on PostgreSQL the insert statement does it.
+        protected = {
+            r[0]
+            for r in conn.execute(
+                select(pdl_rule.c.patient_id).where(
+                    pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(sorted({x.patient_id for x in accesses}))
+                )
+            )
+        }
+        if protected:
+            accesses = [replace(x, protected=x.protected or x.patient_id in protected) for x in accesses]
+            if "protected-identity" not in (params["flags"] or ""):
+                params["flags"] = ",".join(sorted({*(params["flags"] or "").split(","), "protected-identity"} - {""}))
+    first, access_sql = _record_sql(dialect, len(accesses), rec.lookup_protected)
+    if dialect == "postgresql" and accesses and rec.lookup_protected:
+        for i, x in enumerate(accesses):
+            for c in _ACCESS_COLUMNS:
+                params[f"{c}_{i}"] = getattr(x, c)
+        return int(conn.exec_driver_sql(first, params).scalars().first())
+    seq = int(conn.exec_driver_sql(first, params).scalar_one())
+    if accesses and access_sql is not None:
+        conn.exec_driver_sql(
+            access_sql,
+            [{"seq": seq, "recorded_at": at, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in accesses],
+        )
+    return seq
+
+
+# ---- hash chain -------------------------------------------------------------------------------
+_EVENT_FIELDS = (
+    "seq",
+    "recorded_at",
+    "action",
+    "outcome",
+    "actor_kind",
+    "user_id",
+    "user_name",
+    "assignment_id",
+    "unit_id",
+    "provider_id",
+    "purpose",
+    "client_id",
+    "resource_type",
+    "resource_id",
+    "request",
+    "reason",
+    "assertion_id",
+    "flags",
+    "patient_count",
+)
+
+
+def _canonical(event: Any, accesses: list[Any]) -> bytes:
+    values = []
+    for f in _EVENT_FIELDS:
+        v = getattr(event, f)
+        values.append(v.isoformat() if isinstance(v, datetime) else v)
+    acc = sorted(
+        [a.patient_id, a.owner_org or "", a.owner_unit or "", a.access_type, bool(a.protected), a.action or ""]
+        for a in accesses
+    )
+    return orjson.dumps([values, acc])
+
+
+def chain_hash(prev: str, event: Any, accesses: list[Any]) -> str:
+    return hashlib.sha256(prev.encode() + _canonical(event, accesses)).hexdigest()
+
+
+def _accesses_for(conn: Connection, seqs: list[int]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = defaultdict(list)
+    if not seqs:
+        return out
+    for row in conn.execute(select(audit_access).where(audit_access.c.seq.in_(seqs))):
+        out[row.seq].append(row)
+    return out
+
+
+def seal(engine: Engine, limit: int = 5000, wait: bool = False) -> int:
+    """Chain the oldest unsealed records; safe to call from several processes (one sealer at a time).
+
+    With ``wait`` the call queues behind another sealer instead of returning 0 at once.
+    """
+    pg = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        pending = conn.execute(select(audit_event.c.seq).where(audit_event.c.chain_seq.is_(None)).limit(1)).first()
+        conn.rollback()
+    if pending is None:
+        return 0
+    with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        if pg and wait:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(734131)")
+        elif pg and not conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(734131)").scalar():
+            return 0
+        head = conn.execute(
+            select(audit_event.c.chain_seq, audit_event.c.hash)
+            .where(audit_event.c.chain_seq.is_not(None))
+            .order_by(audit_event.c.chain_seq.desc())
+            .limit(1)
+        ).first()
+        chain_seq, prev = (head.chain_seq, head.hash) if head else (0, GENESIS)
+        rows = conn.execute(
+            select(audit_event).where(audit_event.c.chain_seq.is_(None)).order_by(audit_event.c.seq).limit(limit)
+        ).all()
+        accesses = _accesses_for(conn, [r.seq for r in rows])
+        sealed = []
+        for r in rows:
+            chain_seq += 1
+            h = chain_hash(prev, r, accesses.get(r.seq, []))
+            sealed.append({"k_seq": r.seq, "v_chain": chain_seq, "v_prev": prev, "v_hash": h})
+            prev = h
+        if sealed:
+            conn.execute(
+                update(audit_event)
+                .where(audit_event.c.seq == bindparam("k_seq"), audit_event.c.chain_seq.is_(None))
+                .values(chain_seq=bindparam("v_chain"), prev_hash=bindparam("v_prev"), hash=bindparam("v_hash")),
+                sealed,
+            )
+        return len(rows)
+
+
+def seal_all(engine: Engine) -> int:
+    total = 0
+    while True:
+        n = seal(engine, wait=True)
+        total += n
+        if n == 0:
+            return total
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    checked: int
+    unsealed: int
+    problem: str | None = None
+    first_bad_seq: int | None = None
+    head_hash: str | None = None
+
+
+def verify(engine: Engine, batch: int = 5000) -> VerifyReport:
+    """Walk the chain; report the first altered, inserted or deleted record."""
+    checked = 0
+    prev = GENESIS
+    expected = 1
+    with engine.connect() as conn:
+        last_seq = 0
+        while True:
+            rows = conn.execute(
+                select(audit_event)
+                .where(audit_event.c.chain_seq.is_not(None), audit_event.c.chain_seq > last_seq)
+                .order_by(audit_event.c.chain_seq)
+                .limit(batch)
+            ).all()
+            if not rows:
+                break
+            accesses = _accesses_for(conn, [r.seq for r in rows])
+            for r in rows:
+                if r.chain_seq != expected:
+                    return VerifyReport(
+                        False,
+                        checked,
+                        0,
+                        f"chain position {expected} is missing: a record was deleted "
+                        f"(next found at position {r.chain_seq}, seq {r.seq})",
+                        r.seq,
+                    )
+                if r.prev_hash != prev:
+                    return VerifyReport(
+                        False,
+                        checked,
+                        0,
+                        f"record seq {r.seq} does not follow its predecessor (inserted or reordered)",
+                        r.seq,
+                    )
+                if chain_hash(prev, r, accesses.get(r.seq, [])) != r.hash:
+                    return VerifyReport(False, checked, 0, f"record seq {r.seq} was altered after it was sealed", r.seq)
+                prev = r.hash
+                expected += 1
+                checked += 1
+            last_seq = rows[-1].chain_seq
+        unsealed = int(conn.execute(select(func.count()).where(audit_event.c.chain_seq.is_(None))).scalar_one())
+    return VerifyReport(True, checked, unsealed, None, None, prev if checked else None)
+
+
+# ---- log extract (R-LOG-3) ----------------------------------------------------------------------
+@dataclass
+class ExtractRow:
+    time_utc: datetime
+    time_local: str
+    action: str
+    unit_id: str | None
+    provider_id: str | None
+    user_name: str | None
+    access_type: str
+    actor_kind: str
+
+
+def extract(
+    conn: Connection,
+    patient_id: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    include_names: bool = True,
+    limit: int = 10_000,
+) -> list[ExtractRow]:
+    """Who (unit, and name where configured) accessed the patient's data, when, and how."""
+    conds = [audit_access.c.patient_id == patient_id, audit_event.c.outcome == "permit"]
+    if start is not None:
+        conds.append(audit_access.c.recorded_at >= start)
+    if end is not None:
+        conds.append(audit_access.c.recorded_at <= end)
+    stmt = (
+        select(
+            audit_access.c.recorded_at,
+            audit_event.c.action,
+            audit_event.c.unit_id,
+            audit_event.c.provider_id,
+            audit_event.c.user_name,
+            audit_access.c.access_type,
+            audit_event.c.actor_kind,
+        )
+        .select_from(audit_access.join(audit_event, audit_event.c.seq == audit_access.c.seq))
+        .where(*conds)
+        .order_by(audit_access.c.recorded_at.desc())
+        .limit(limit)
+    )
+    zone = local_zone()
+    out = []
+    for r in conn.execute(stmt):
+        local = r.recorded_at.replace(tzinfo=UTC).astimezone(zone)
+        out.append(
+            ExtractRow(
+                r.recorded_at,
+                local.isoformat(timespec="seconds"),
+                r.action,
+                r.unit_id,
+                r.provider_id,
+                r.user_name if include_names else None,
+                r.access_type,
+                r.actor_kind,
+            )
+        )
+    return out
+
+
+# ---- log review (R-LOG-4) -----------------------------------------------------------------------
+REVIEW_CRITERIA = (
+    "own-record",
+    "colleague-record",
+    "same-surname",
+    "same-address",
+    "protected-identity",
+    "vip",
+    "emergency",
+    "block-break",
+    "no-documentation",
+    "outside-care-relationship",
+    "many-patients",
+    "random-sample",
+)
+
+
+@dataclass
+class ReviewItem:
+    seq: int
+    recorded_at: datetime
+    user_id: str | None
+    user_name: str | None
+    unit_id: str | None
+    patient_id: str | None
+    action: str
+    criteria: list[str]
+
+
+@dataclass
+class StaffFacts:
+    """What the review needs to know about a staff member (from the directory)."""
+
+    personal_numbers: set[str] = field(default_factory=set)
+    surnames: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+
+
+@dataclass
+class PatientFacts:
+    personal_number: str | None = None
+    surnames: set[str] = field(default_factory=set)
+    addresses: set[str] = field(default_factory=set)
+
+
+def review_candidates(
+    conn: Connection,
+    start: datetime,
+    end: datetime,
+    staff: dict[str, StaffFacts],
+    patients: dict[str, PatientFacts],
+    vip: Iterable[str] = (),
+    sample_rate: float = 0.05,
+    many_patients_threshold: int = 50,
+    seed: int | None = None,
+) -> list[ReviewItem]:
+    """Accesses to review in [start, end): the targeted criteria plus a random sample (R-LOG-4)."""
+    vip_set = set(vip)
+    staff_pnrs = {p: u for u, f in staff.items() for p in f.personal_numbers}
+    rows = conn.execute(
+        select(
+            audit_event.c.seq,
+            audit_event.c.recorded_at,
+            audit_event.c.user_id,
+            audit_event.c.user_name,
+            audit_event.c.unit_id,
+            audit_event.c.action,
+            audit_event.c.outcome,
+            audit_event.c.flags,
+            audit_event.c.actor_kind,
+            audit_access.c.patient_id,
+            audit_access.c.access_type,
+            audit_access.c.protected,
+        )
+        .select_from(audit_event.outerjoin(audit_access, audit_access.c.seq == audit_event.c.seq))
+        .where(audit_event.c.recorded_at >= start, audit_event.c.recorded_at < end, audit_event.c.actor_kind == "staff")
+        .order_by(audit_event.c.seq)
+    ).all()
+    documented: set[tuple[str, str, Any]] = set()
+    per_day: dict[tuple[str, Any], set[str]] = defaultdict(set)
+    for r in rows:
+        if r.patient_id and r.user_id:
+            per_day[(r.user_id, r.recorded_at.date())].add(r.patient_id)
+            if r.action in ("create", "update", "patch"):
+                documented.add((r.user_id, r.patient_id, r.recorded_at.date()))
+    # A reproducible sample only when a seed is given (tests, re-running a documented review).
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()  # noqa: S311
+    items: dict[tuple[int, str | None], ReviewItem] = {}
+    for r in rows:
+        crit: list[str] = []
+        flags = set((r.flags or "").split(","))
+        sf = staff.get(r.user_id or "", StaffFacts())
+        pf = patients.get(r.patient_id or "", PatientFacts())
+        if pf.personal_number and pf.personal_number in sf.personal_numbers:
+            crit.append("own-record")
+        elif pf.personal_number and pf.personal_number in staff_pnrs:
+            crit.append("colleague-record")
+        if sf.surnames & pf.surnames:
+            crit.append("same-surname")
+        if sf.addresses & pf.addresses:
+            crit.append("same-address")
+        if r.protected or "protected-identity" in flags:
+            crit.append("protected-identity")
+        if r.patient_id in vip_set:
+            crit.append("vip")
+        if "emergency" in flags or r.access_type == "emergency":
+            crit.append("emergency")
+        if "block-break" in flags or r.access_type == "block-break":
+            crit.append("block-break")
+        if (
+            r.patient_id
+            and r.action in ("read", "search", "vread", "history", "operation")
+            and (r.user_id, r.patient_id, r.recorded_at.date()) not in documented
+        ):
+            crit.append("no-documentation")
+        if r.outcome == "deny":
+            crit.append("outside-care-relationship")
+        if len(per_day.get((r.user_id, r.recorded_at.date()), ())) > many_patients_threshold:
+            crit.append("many-patients")
+        if rng.random() < sample_rate:
+            crit.append("random-sample")
+        targeted = [c for c in crit if c not in ("no-documentation",)]
+        if targeted:
+            key = (r.seq, r.patient_id)
+            items[key] = ReviewItem(
+                r.seq, r.recorded_at, r.user_id, r.user_name, r.unit_id, r.patient_id, r.action, crit
+            )
+    return sorted(items.values(), key=lambda i: (i.recorded_at, i.seq))
+
+
+def store_review(
+    conn: Connection,
+    reviewer: str,
+    events: list[int],
+    finding: str,
+    action: str,
+    period: tuple[datetime, datetime] | None = None,
+) -> int:
+    """Record a completed review (reviewer, date, finding, action)."""
+    return int(
+        conn.execute(
+            insert(audit_review)
+            .values(
+                reviewed_at=now_utc(),
+                reviewer=reviewer,
+                period_start=period[0] if period else None,
+                period_end=period[1] if period else None,
+                events=",".join(str(e) for e in sorted(set(events))),
+                finding=finding,
+                action=action,
+            )
+            .returning(audit_review.c.id)
+        ).scalar_one()
+    )
+
+
+def events_between(conn: Connection, start: datetime, end: datetime, limit: int = 1000) -> list[Any]:
+    return list(
+        conn.execute(
+            select(audit_event)
+            .where(and_(audit_event.c.recorded_at >= start, audit_event.c.recorded_at < end))
+            .order_by(audit_event.c.seq)
+            .limit(limit)
+        ).all()
+    )
+
+
+def default_period(days: int = 30) -> tuple[datetime, datetime]:
+    end = now_utc()
+    return end - timedelta(days=days), end

@@ -1,0 +1,384 @@
+"""The gate every request passes: identity → policy → (store) → audit.
+
+:class:`Gate` turns a bearer token into an :class:`~nara.security.actors.Actor`, gives each transaction
+its :class:`~nara.security.policy.Policy`, writes the audit record of reads in the same transaction
+before the response is sent, audits every write through a store hook, and logs denials.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from nara.fhir.outcome import FhirError
+from nara.fhir.query import QueryParser
+from nara.security import audit
+from nara.security.actors import SYSTEM, Actor
+from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
+from nara.security.identity import ActorResolver
+from nara.security.policy import ACTIVE_POLICY, Policy
+from nara.security.rules import PROTECTED_LABEL_SYSTEM, PROTECTED_LABELS
+from nara.security.schema import pdl_rule
+from nara.security.tokens import Issuer, TokenValidator, unauthorized
+from nara.store.crud import Stored, Tx
+from nara.store.search import Searcher
+from nara.store.store import Store
+
+log = logging.getLogger("nara.security")
+READ_ACTIONS = {"GET": "read", "HEAD": "read"}
+
+
+@dataclass
+class SecuritySettings:
+    enabled: bool = True
+    dev_idp: bool = False
+    audience: str = "nara"
+    # Trusted external issuers: (issuer, OIDC discovery URL)
+    issuers: list[tuple[str, str]] = field(default_factory=list)
+    dev_clients: dict[str, str] = field(default_factory=dict)
+    log_extract_names: bool = True
+    emergency_hours: int = 4
+    seal_interval_seconds: float = 1.0
+
+
+def is_protected(res: dict[str, Any]) -> bool:
+    for label in (res.get("meta") or {}).get("security", []):
+        if label.get("system") == PROTECTED_LABEL_SYSTEM and label.get("code") in PROTECTED_LABELS:
+            return True
+    return False
+
+
+def redact(st: Stored) -> Stored:
+    """Never show the address of a patient with protected identity (R-ID-3)."""
+    if st.res_type != "Patient" or st.content is None:
+        return st
+    if "sekretessmarkering" not in st.content and "skyddadFolkbokforing" not in st.content:
+        return st
+    res = st.resource()
+    if not is_protected(res) or ("address" not in res and "_address" not in res):
+        return st
+    clean = {k: v for k, v in res.items() if k not in ("address", "_address")}
+    return Stored(
+        st.rid,
+        st.res_type,
+        st.res_id,
+        st.version,
+        st.last_updated,
+        st.deleted,
+        orjson.dumps(clean).decode(),
+        st.patient_id,
+        st.method,
+        st.owner_org,
+        st.owner_unit,
+        clean,
+    )
+
+
+class Gate:
+    def __init__(self, store: Store, settings: SecuritySettings) -> None:
+        self.store = store
+        self.settings = settings
+        issuers = [Issuer(iss, settings.audience, discovery_url=url) for iss, url in settings.issuers]
+        self.devidp: DevIdentityProvider | None = None
+        if settings.dev_idp:
+            key = signing_key()
+            self.devidp = DevIdentityProvider(key, settings.audience, settings.dev_clients)
+            issuers.append(Issuer(DEV_ISSUER, settings.audience, keys=key_set(key)))
+        self.validator = TokenValidator(issuers)
+        self.resolver = ActorResolver(store)
+        store.write_hooks.append(self._audit_write)
+        self._stop = threading.Event()
+        self._sealer: threading.Thread | None = None
+
+    # ---- identity ------------------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> Actor:
+        if not self.settings.enabled:
+            return SYSTEM
+        if not authorization:
+            raise unauthorized("Authentication required: send a bearer token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("Authentication required: use the Bearer scheme")
+        claims = self.validator.validate(token.strip())
+        return self.resolver.resolve(claims)
+
+    def policy(self, actor: Actor, rules_available: bool = True) -> Policy:
+        return Policy(actor, audit.now_utc(), rules_available)
+
+    # ---- audit ---------------------------------------------------------------------------------
+    def accesses(self, tx: Tx, policy: Policy, rows: Iterable[Stored]) -> list[audit.Access]:
+        by_key: dict[tuple[str, str | None, str | None], Stored] = {}
+        for st in rows:
+            if st.patient_id:
+                by_key.setdefault((st.patient_id, st.owner_org, st.owner_unit), st)
+        a = policy.actor.assignment
+        # Whether access was by consent or emergency matters only for other providers' rows.
+        other_providers = {pid for pid, org, _unit in by_key if a is not None and org is not None and org != a.provider}
+        emergency = self._emergency_only(tx, policy, other_providers)
+        # Protected identity is marked by the audit insert itself (audit.record).
+        return [
+            audit.Access(pid, org, unit, policy.access_type(org, unit, pid in emergency)) for (pid, org, unit) in by_key
+        ]
+
+    def _emergency_only(self, tx: Tx, policy: Policy, patient_ids: set[str]) -> set[str]:
+        """Patients whose other providers' data this staff member reaches by emergency access, not consent."""
+        a = policy.actor.assignment
+        if a is None or not patient_ids or not policy.rules_available:
+            return set()
+        if patient_ids <= policy.patient_facts.keys():  # already read by a patient-scoped search
+            return {p for p in patient_ids if policy.reached_by_emergency(tx, p)}
+        now = policy.now
+        rows = tx.conn.execute(
+            select(pdl_rule.c.patient_id, pdl_rule.c.kind).where(
+                pdl_rule.c.patient_id.in_(sorted(patient_ids)),
+                pdl_rule.c.kind.in_(["emergency", "consent"]),
+                pdl_rule.c.unit == a.unit,
+                pdl_rule.c.employee.is_(None) | (pdl_rule.c.employee == (policy.actor.practitioner or "")),
+                pdl_rule.c.starts.is_(None) | (pdl_rule.c.starts <= now),
+                pdl_rule.c.ends.is_(None) | (pdl_rule.c.ends >= now),
+            )
+        ).all()
+        with_consent = {p for p, k in rows if k == "consent"}
+        return {p for p, k in rows if k == "emergency"} - with_consent
+
+    def audit_interaction(
+        self,
+        tx: Tx,
+        action: str,
+        request: str,
+        rows: list[Stored],
+        resource_type: str | None,
+        resource_id: str | None,
+        flags: set[str] | None = None,
+        reason: str | None = None,
+        assertion_id: str | None = None,
+    ) -> None:
+        policy: Policy = tx.policy
+        rec = audit.AuditRecord(
+            action=action,
+            outcome="permit",
+            actor=policy.actor,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            request=request,
+            reason=reason,
+            assertion_id=assertion_id,
+            flags=set(flags or ()),
+            accesses=self.accesses(tx, policy, rows),
+            lookup_protected=policy.rules_available,
+        )
+        audit.record(tx.conn, rec)
+
+    def _audit_write(self, tx: Tx, method: str, st: Stored) -> None:
+        """Write hook: queue each write made for a request; the queue becomes one record at flush time."""
+        if tx.policy is None:
+            return  # operator tools writing directly are not requests
+        queue: list[tuple[str, Stored]] | None = getattr(tx, "audit_writes", None)
+        if queue is None:
+            queue = []
+            tx.audit_writes = queue  # type: ignore[attr-defined]
+            tx.flush_hooks.append(lambda: self._flush_writes(tx))
+        queue.append((method, st))
+
+    def _flush_writes(self, tx: Tx) -> None:
+        """One audit record for the writes of a transaction since the last flush (in that transaction)."""
+        queue: list[tuple[str, Stored]] = tx.audit_writes  # type: ignore[attr-defined]
+        if not queue:
+            return
+        writes, queue[:] = list(queue), []
+        policy: Policy = tx.policy
+        names = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        actions = [names.get(m, m.lower()) for m, _ in writes]
+        action = actions[0] if len(set(actions)) == 1 else "transaction"
+        accesses = [
+            audit.Access(
+                st.patient_id,
+                st.owner_org,
+                st.owner_unit,
+                policy.access_type(st.owner_org, st.owner_unit),
+                action=None if act == action else act,
+            )
+            for (_, st), act in zip(writes, actions, strict=True)
+            if st.patient_id
+        ]
+        first = writes[0][1]
+        resource_id = first.res_id if len(writes) == 1 else ",".join(st.res_id for _, st in writes[:20])
+        request = f"{writes[0][0]} {first.res_type}/{first.res_id}" if len(writes) == 1 else f"{len(writes)} writes"
+        audit.record(
+            tx.conn,
+            audit.AuditRecord(
+                action,
+                "permit",
+                policy.actor,
+                first.res_type if len({st.res_type for _, st in writes}) == 1 else None,
+                resource_id,
+                request,
+                accesses=accesses,
+            ),
+        )
+
+    def audit_denial(
+        self,
+        actor: Actor,
+        action: str,
+        request: str,
+        error: FhirError,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        patient_id: str | None = None,
+    ) -> None:
+        try:
+            with self.store.transaction() as tx:
+                accesses = [audit.Access(patient_id, None, None, "denied")] if patient_id else []
+                audit.record(
+                    tx.conn,
+                    audit.AuditRecord(
+                        action,
+                        "deny",
+                        actor,
+                        resource_type,
+                        resource_id,
+                        request,
+                        reason=error.issues[0].diagnostics[:500],
+                        accesses=accesses,
+                    ),
+                )
+        except FhirError:
+            log.warning("could not log a denial for %s", actor.subject)
+
+    def audit_read(self, tx: Tx, req: Any, out: Any) -> None:
+        """Context audit hook: one record per read-like interaction, in its transaction (R-LOG-1)."""
+        action = interaction_kind(req.method.upper(), req.path)
+        if action is None or tx.policy is None:
+            return
+        parts = [p for p in req.path.strip("/").split("/") if p]
+        rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
+        rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
+        query = "&".join(f"{k}={v}" for k, v in req.query)
+        request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
+        flags = set()
+        if tx.policy.actor.other_units_chosen:
+            flags.add("active-choice")
+        self.audit_interaction(tx, action, request, list(out.returned), rtype, rid, flags)
+        if action == "search" and rtype is not None and isinstance(out.body, dict):
+            self.signal_blocked(tx, req, rtype, out.body)
+
+    def signal_blocked(self, tx: Tx, req: Any, rtype: str, bundle: dict[str, Any]) -> None:
+        """Tell the user that blocked information exists, without saying where (R-BLK-2)."""
+        policy: Policy = tx.policy
+        actor = policy.actor
+        a = actor.assignment
+        if actor.kind != "staff" or a is None or not policy.rules_available:
+            return
+        patients = {v.split("/")[-1] for k, v in req.query if k.split(":")[0] in ("patient", "subject", "_id")}
+        if not patients:
+            return
+        known = [policy.patient_facts[p] for p in patients if p in policy.patient_facts]
+        # When the search already read these patients' rules, return early if no block could hide anything.
+        if len(known) == len(patients) and not any(
+            r.kind == "block" and r.org not in (a.unit, a.provider) for rows in known for r in rows
+        ):
+            return
+        blocks = tx.conn.execute(
+            select(pdl_rule.c.id)
+            .where(
+                pdl_rule.c.kind == "block",
+                pdl_rule.c.patient_id.in_(sorted(patients)),
+                pdl_rule.c.org.not_in([a.unit, a.provider]),
+            )
+            .limit(1)
+        ).first()
+        if blocks is None:
+            return
+        s = tx.store.settings
+        query = QueryParser(s.max_chain_depth, s.max_or_values).parse(rtype, list(req.query))
+        query.count, query.total, query.includes, query.cursor = 0, "accurate", [], None
+        if len(patients) == 1:
+            # One patient: the suppressed rows by owner and time from the patient's rules (no subqueries).
+            (patient,) = patients
+
+            def pinned(alias: Any, _rtype: str | None) -> Any:
+                return policy.pinned_filter(tx, alias, patient, suppressed=True)
+
+            row_filter: Any = pinned
+        else:
+            row_filter = policy.suppressed_filter
+        hidden = Searcher(tx, None, row_filter).search(query).total or 0
+        if hidden:
+            issue = {
+                "severity": "information",
+                "code": "suppressed",
+                "diagnostics": "Det finns spärrad information som inte visas. Blocked information exists and is not "
+                "shown; where it is kept can be revealed only in an emergency or with the patient's consent "
+                "($break-block).",
+            }
+            for entry in bundle.setdefault("entry", []):
+                if entry.get("search", {}).get("mode") == "outcome":
+                    entry["resource"]["issue"].append(issue)
+                    return
+            bundle["entry"].append(
+                {"resource": {"resourceType": "OperationOutcome", "issue": [issue]}, "search": {"mode": "outcome"}}
+            )
+
+    @staticmethod
+    def rules_unreadable(exc: FhirError) -> bool:
+        """Whether a failure came from reading the consent/block store (pdl_rule)."""
+        cause = exc.__cause__
+        return exc.status >= 500 and cause is not None and "pdl_rule" in str(cause)
+
+    # ---- sealing -------------------------------------------------------------------------------
+    def start_sealer(self) -> None:
+        if self._sealer is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(self.settings.seal_interval_seconds):
+                try:
+                    audit.seal(self.store.engine)
+                except Exception:
+                    log.exception("sealing the audit chain failed")
+
+        self._sealer = threading.Thread(target=loop, name="nara-audit-sealer", daemon=True)
+        self._sealer.start()
+
+    def stop_sealer(self) -> None:
+        self._stop.set()
+        if self._sealer is not None:
+            self._sealer.join(timeout=5)
+            self._sealer = None
+
+
+# ---- per-request wiring ---------------------------------------------------------------------------
+current_policy = ACTIVE_POLICY  # the request's policy; the cached SQL filters read their values from it
+
+
+def attach_policy(tx: Tx) -> None:
+    """Store transaction hook: every transaction opened for a request carries that request's policy."""
+    policy = current_policy.get()
+    if policy is not None:
+        tx.policy = policy
+        tx.actor = policy.actor
+
+
+def interaction_kind(method: str, path: str) -> str | None:
+    """The audit action of a read-like interaction (None for writes, which the write hook audits)."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    if any(p.startswith("$") for p in parts):
+        return "operation"
+    if method == "POST" and parts and parts[-1] == "_search":
+        return "search"
+    if method not in ("GET", "HEAD"):
+        return None
+    if "_history" in parts:
+        return "vread" if parts[-1] != "_history" else "history"
+    if len(parts) == 2 and parts[1] != "_search":
+        return "read"
+    if parts == ["metadata"]:
+        return None
+    return "search"

@@ -1,0 +1,225 @@
+"""From validated token claims to an :class:`Actor`, using the directory in the store.
+
+Staff: the token names the staff HSA-id (``sub``) and the chosen assignment (``assignment``); the
+assignment's PractitionerRole gives the unit, its care provider (by ``partOf``), the purpose and the
+rights. Citizens: the personnummer finds their Patient. Proxies: a guardian (RelatedPerson GUARD,
+child under 13) or a representative (Consent ``representative``) of the patient named in the token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+
+from nara.fhir.canonical import BASE
+from nara.fhir.dates import utcnow
+from nara.fhir.identifiers import HSA_ID, HSA_ID_RIV, is_valid_personal_identity
+from nara.fhir.outcome import FhirError
+from nara.security.actors import Actor, Assignment
+from nara.security.rules import PERSONNUMMER, SAMORDNINGSNUMMER, ref_id
+from nara.security.schema import pdl_rule
+from nara.security.scopes import Scopes
+from nara.security.tokens import unauthorized
+from nara.store.crud import Stored, Tx
+from nara.store.search import search_ids
+from nara.store.store import Store
+
+NARA = BASE
+PURPOSE_EXT = f"{NARA}/StructureDefinition/assignment-purpose"
+RIGHT_EXT = f"{NARA}/StructureDefinition/assignment-right"
+ORG_ROLE_SYSTEM = f"{NARA}/CodeSystem/organization-role"
+STAFF_ROLE_SYSTEM = f"{NARA}/CodeSystem/staff-role"
+GUARDIAN_AGE_LIMIT = 13
+HSA_SYSTEMS_ = (HSA_ID, HSA_ID_RIV)
+CACHE_SECONDS = 30.0
+
+
+def _one(tx: Tx, rtype: str, query: str) -> Stored | None:
+    found = search_ids(tx, rtype, query, limit=2)
+    return found[0] if found else None
+
+
+def by_identifier(tx: Tx, rtype: str, systems: tuple[str, ...], value: str) -> Stored | None:
+    for system in systems:
+        st = _one(tx, rtype, f"identifier={system}|{value}")
+        if st is not None:
+            return st
+    return None
+
+
+def age_on(birth: date, today: date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+class ActorResolver:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[tuple[Any, ...], tuple[float, Actor]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, claims: dict[str, Any]) -> Actor:
+        kind = claims.get("nara_kind") or claims.get("actor_kind") or "staff"
+        sub = str(claims["sub"])
+        scopes = Scopes.parse(str(claims.get("scope", "")))
+        key = (kind, sub, claims.get("assignment"), claims.get("patient"), scopes.raw, bool(claims.get("other_units")))
+        now = time.time()
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and now - hit[0] < CACHE_SECONDS:
+                return hit[1]
+        with self.store.transaction(write=False) as tx:
+            if kind == "system":
+                actor = Actor(
+                    kind="system",
+                    subject=sub,
+                    name=str(claims.get("name", sub)),
+                    scopes=scopes,
+                    client_id=sub,
+                    policy_off=True,
+                )
+            elif kind == "citizen":
+                actor = self._citizen(tx, sub, scopes, claims)
+            elif kind == "proxy":
+                actor = self._proxy(tx, sub, scopes, claims)
+            elif kind == "staff":
+                actor = self._staff(tx, sub, scopes, claims)
+            else:
+                raise unauthorized(f"Unknown actor kind {kind!r}")
+        with self._lock:
+            self._cache[key] = (now, actor)
+        return actor
+
+    def _patient_by_pnr(self, tx: Tx, pnr: str) -> Stored | None:
+        return by_identifier(tx, "Patient", (PERSONNUMMER, SAMORDNINGSNUMMER), pnr)
+
+    def _citizen(self, tx: Tx, pnr: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
+        if not is_valid_personal_identity(pnr):
+            raise unauthorized("The token's personal identity number is not valid (R-ID-1)")
+        pat = self._patient_by_pnr(tx, pnr)
+        return Actor(
+            kind="citizen",
+            subject=pnr,
+            name=str(claims.get("name", "")),
+            scopes=scopes,
+            patient=pat.res_id if pat else None,
+        )
+
+    def _proxy(self, tx: Tx, pnr: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
+        if not is_valid_personal_identity(pnr):
+            raise unauthorized("The token's personal identity number is not valid (R-ID-1)")
+        target = claims.get("patient")
+        if not isinstance(target, str):
+            raise FhirError(403, "forbidden", "A proxy token must name the represented person (claim 'patient')")
+        pat = self._patient_by_pnr(tx, target)
+        if pat is None:
+            raise FhirError(403, "forbidden", "The represented person is not known")
+        now = utcnow().replace(tzinfo=None)
+        rows = tx.conn.execute(
+            select(pdl_rule.c.kind, pdl_rule.c.starts, pdl_rule.c.ends).where(
+                pdl_rule.c.patient_id == pat.res_id,
+                pdl_rule.c.person == pnr,
+                pdl_rule.c.kind.in_(["guardian", "representative"]),
+            )
+        ).all()
+        basis = None
+        for kind, starts, ends in rows:
+            if (starts is None or starts <= now) and (ends is None or ends >= now):
+                basis = kind
+                if kind == "representative":
+                    break
+        if basis is None:
+            raise FhirError(403, "forbidden", "No valid guardianship or authorisation to act for this person")
+        birth = None
+        if basis == "guardian":
+            raw = pat.resource().get("birthDate")
+            if isinstance(raw, str) and len(raw) >= 10:
+                birth = date.fromisoformat(raw[:10])
+            if birth is None or age_on(birth, now.date()) >= GUARDIAN_AGE_LIMIT:
+                raise FhirError(
+                    403, "forbidden", "A guardian's access ends when the child turns 13; the child's data is not shown"
+                )
+        return Actor(
+            kind="proxy",
+            subject=pnr,
+            name=str(claims.get("name", "")),
+            scopes=scopes,
+            patient=pat.res_id,
+            proxy_basis=basis,
+            child_birth_date=birth,
+        )
+
+    def _staff(self, tx: Tx, hsa: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
+        prac = by_identifier(tx, "Practitioner", HSA_SYSTEMS_, hsa)
+        if prac is None:
+            raise FhirError(403, "forbidden", "The staff member is not in the directory")
+        assignment_id = claims.get("assignment")
+        if not isinstance(assignment_id, str):
+            raise FhirError(403, "forbidden", "Staff must choose an assignment (medarbetaruppdrag) at login")
+        role = by_identifier(tx, "PractitionerRole", HSA_SYSTEMS_, assignment_id)
+        if role is None:
+            raise FhirError(403, "forbidden", "The assignment is not in the directory")
+        r = role.resource()
+        if ref_id(r.get("practitioner"), "Practitioner") != prac.res_id:
+            raise FhirError(403, "forbidden", "The assignment does not belong to this staff member")
+        if r.get("active") is False:
+            raise FhirError(403, "forbidden", "The assignment is not active")
+        period = r.get("period") or {}
+        today = utcnow().date().isoformat()
+        if (period.get("start") and period["start"][:10] > today) or (period.get("end") and period["end"][:10] < today):
+            raise FhirError(403, "forbidden", "The assignment is not valid today")
+        unit_id = ref_id(r.get("organization"), "Organization")
+        unit = tx.read_optional("Organization", unit_id) if unit_id else None
+        if unit is None:
+            raise FhirError(403, "forbidden", "The assignment's unit is not in the directory")
+        provider, provider_kind = self._provider_of(tx, unit)
+        purpose = next((e.get("valueString") for e in r.get("extension", []) if e.get("url") == PURPOSE_EXT), "")
+        rights = tuple(e.get("valueString") for e in r.get("extension", []) if e.get("url") == RIGHT_EXT)
+        roles = tuple(
+            c.get("code")
+            for cc in r.get("code", [])
+            for c in cc.get("coding", [])
+            if c.get("system") == STAFF_ROLE_SYSTEM
+        )
+        pres = prac.resource()
+        name = " ".join([*(pres.get("name", [{}])[0].get("given", [])), pres.get("name", [{}])[0].get("family", "")])
+        a = Assignment(
+            id=assignment_id,
+            role_id=role.res_id,
+            unit=unit.res_id,
+            unit_name=str(unit.resource().get("name", "")),
+            provider=provider.res_id,
+            provider_name=str(provider.resource().get("name", "")),
+            provider_kind=provider_kind,
+            purpose=str(purpose or ""),
+            rights=tuple(str(x) for x in rights if x),
+            roles=tuple(str(x) for x in roles if x),
+        )
+        return Actor(
+            kind="staff",
+            subject=hsa,
+            name=name.strip(),
+            scopes=scopes,
+            practitioner=prac.res_id,
+            assignment=a,
+            other_units_chosen=bool(claims.get("other_units")),
+        )
+
+    def _provider_of(self, tx: Tx, unit: Stored) -> tuple[Stored, str]:
+        current, seen = unit, set()
+        while current.res_id not in seen:
+            seen.add(current.res_id)
+            res = current.resource()
+            for t in res.get("type", []):
+                for c in t.get("coding", []):
+                    if c.get("system") == ORG_ROLE_SYSTEM and c.get("code") in ("vardgivare", "omsorgsgivare"):
+                        return current, str(c["code"])
+            parent = ref_id(res.get("partOf"), "Organization")
+            nxt = tx.read_optional("Organization", parent) if parent else None
+            if nxt is None:
+                break
+            current = nxt
+        raise FhirError(403, "forbidden", "The assignment's unit has no care provider (partOf) in the directory")

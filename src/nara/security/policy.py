@@ -1,0 +1,549 @@
+"""The one decision point: who may read and write which rows (Patientdatalagen, SVOD).
+
+The read policy is a SQL condition on a ``resource`` row (alias ``a``) that the store adds to every
+query it runs for the actor: reads by id, searches (and their totals, paging and includes), history,
+``$everything``, ``$lastn`` and export. Nothing the actor may not see is loaded into the request.
+
+Staff (one assignment: unit U, care provider P, practitioner E), reading a row owned by (org, unit):
+
+- rows without a patient: directory and catalogue types for everyone; others for their owner provider;
+- patient rows need a current care relationship between the patient and U (R-ACC-1), or an active
+  emergency assertion at U (R-ACC-6); the purpose must be *Vård och behandling*;
+- own unit (unit = U), or unowned rows: readable;
+- another unit of P: only after the active choice (R-ACC-2) with a right of scope VG or SJF, and never
+  through a block on that unit;
+- another provider (SVOD): right of scope SJF and a consent for U (bound to E or not) covering now, or
+  an emergency assertion (R-ACC-3..5); never through a block on that provider or unit;
+- blocks (R-BLK-1, -3): a block rule on custodian C (a provider or unit) covers a row owned by C whose
+  time is inside the block period and whose information type is not exempted, for readers outside C;
+  a step-2 block break for C by E lifts it (R-BLK-2);
+- purposes *Kvalitetssäkring* / *Administration*: all rows of P, blocked ones included (R-BLK-6).
+
+Citizens read their own compartment except rows marked not-for-patient; a proxy reads the represented
+person's compartment the same way (guardians only until the child turns 13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    String,
+    and_,
+    bindparam,
+    exists,
+    false,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.sql.selectable import Alias
+
+from nara.fhir.canonical import BASE
+from nara.fhir.outcome import FhirError
+from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
+from nara.security.rules import consent_kind, ref_id
+from nara.security.schema import care_relation, pdl_rule
+from nara.store.crud import Tx
+from nara.store.schema import sp_token
+
+SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
+NOT_FOR_PATIENT = "not-for-patient"
+
+# Readable by every authenticated actor: the directory, the service catalogue and knowledge resources.
+PUBLIC_TYPES = frozenset(
+    {
+        "Organization",
+        "Location",
+        "HealthcareService",
+        "Practitioner",
+        "PractitionerRole",
+        "Endpoint",
+        "Medication",
+        "MedicationKnowledge",
+        "Questionnaire",
+        "PlanDefinition",
+        "ActivityDefinition",
+        "ValueSet",
+        "CodeSystem",
+        "ConceptMap",
+        "StructureDefinition",
+        "SearchParameter",
+        "OperationDefinition",
+        "CapabilityStatement",
+        "Library",
+        "Measure",
+        "ObservationDefinition",
+        "SpecimenDefinition",
+    }
+)
+DIRECTORY_TYPES = frozenset(
+    {"Organization", "Location", "HealthcareService", "Practitioner", "PractitionerRole", "Endpoint"}
+)
+# Inera information types that a block may exempt (R-BLK-3).
+ALERT_TYPES = ("Flag", "AllergyIntolerance")
+MEDICATION_TYPES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration", "MedicationDispense")
+# What a citizen (or proxy) may write in their own compartment.
+CITIZEN_WRITABLE = frozenset({"Observation", "QuestionnaireResponse", "Communication", "Consent", "DocumentReference"})
+CITIZEN_CONSENT_KINDS = frozenset({"svod-consent", "representative", "block"})
+# Consent kinds created only by their operations ($emergency-access, $break-block).
+OPERATION_ONLY_CONSENTS = frozenset({"emergency", "block-break"})
+# Resources that establish a care relationship: a unit may create them for its own unit without one.
+CARE_ESTABLISHING = frozenset({"EpisodeOfCare", "Encounter", "CareTeam"})
+
+PUBLIC_LIST = sorted(PUBLIC_TYPES)
+
+# The policy of the request being served. The SQL filters are built once per kind of actor and table and
+# then reused: the values that differ between users (unit, provider, practitioner, patient, the moment)
+# are bound late, from this variable, when a statement runs.
+ACTIVE_POLICY: ContextVar[Policy | None] = ContextVar("nara_active_policy", default=None)
+_FILTERS: dict[tuple[Any, ...], ColumnElement[bool] | None] = {}
+_FILTERS_MAX = 2048
+
+
+def _active_value(name: str) -> Any:
+    policy = ACTIVE_POLICY.get()
+    if policy is None:
+        raise RuntimeError("an access-policy filter was executed outside its request (no active policy)")
+    return policy.values[name]
+
+
+def _late(name: str, type_: Any = None, expanding: bool = False) -> Any:
+    """A bind parameter whose value is read from the active policy when the statement executes."""
+    return bindparam(
+        f"pol_{name}", type_=type_ or String(), expanding=expanding, callable_=partial(_active_value, name)
+    )
+
+
+def _list_param(name: str, values: list[str]) -> Any:
+    """A fixed list of our own constants (resource type names), rendered into the SQL text rather than bound:
+    fewer parameters keep the statement within the driver's parse cache."""
+    return bindparam(name, values, expanding=True, literal_execute=True)
+
+
+RowFilter = Callable[[Alias, "str | None"], "ColumnElement[bool] | None"]
+
+
+def _active(t: Any, now: Any) -> ColumnElement[bool]:
+    return and_(or_(t.c.starts.is_(None), t.c.starts <= now), or_(t.c.ends.is_(None), t.c.ends >= now))
+
+
+class Policy:
+    """Read filters and write checks for one actor at one moment."""
+
+    def __init__(self, actor: Actor, now: datetime, rules_available: bool = True) -> None:
+        self.actor = actor
+        self.now = now
+        # False when the consent/block store could not be read: fail closed for other units (R-BLK-5).
+        self.rules_available = rules_available
+        # Set by $emergency-access / $break-block for the one Consent they create.
+        self.operation_consent = False
+        # Access-rule rows read for patient-scoped searches (pinned_filter), reused for block signalling.
+        self.patient_facts: dict[str, list[Any]] = {}
+        a = actor.assignment
+        types = actor.scopes.readable_types()
+        # Values bound late into the cached SQL filters (see ACTIVE_POLICY).
+        self.values: dict[str, Any] = {
+            "now": now,
+            "unit": a.unit if a else "",
+            "provider": a.provider if a else "",
+            "practitioner": actor.practitioner or "",
+            "patient": actor.patient or "",
+            "own_scope": [a.unit, a.provider] if a else [],
+            "scope_types": sorted(types) if types else [],
+        }
+        self.shape = (
+            actor.kind,
+            actor.policy_off,
+            a is not None,
+            a.purpose if a and a.purpose in (PURPOSE_CARE, PURPOSE_QUALITY, PURPOSE_ADMIN) else "other",
+            bool(a and actor.other_units_chosen and (a.has_right("Läsa", "VG") or a.has_right("Läsa", "SJF"))),
+            bool(a and a.has_right("Läsa", "SJF")),
+            None if types is None else bool(types),
+            rules_available,
+            actor.patient is not None,
+        )
+
+    @property
+    def off(self) -> bool:
+        return self.actor.policy_off
+
+    # ---- reading -------------------------------------------------------------------------------
+    def row_filter(self, a: Alias, rtype: str | None = None) -> ColumnElement[bool] | None:
+        """The rows of ``a`` the actor may read (None: no restriction)."""
+        return self._filter(a, blocked_rows=False)
+
+    def suppressed_filter(self, a: Alias, rtype: str | None = None) -> ColumnElement[bool] | None:
+        """Rows the actor could read but for a block: used only to signal that blocked data exists."""
+        return self._filter(a, blocked_rows=True)
+
+    def _filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
+        key = (self.shape, a, blocked_rows)
+        if key in _FILTERS:
+            return _FILTERS[key]
+        cond = self._pdl_filter(a, blocked_rows)
+        has_types = self.shape[6]
+        if has_types is not None:
+            scope_cond = a.c.res_type.in_(_late("scope_types", expanding=True)) if has_types else false()
+            cond = scope_cond if cond is None else and_(scope_cond, cond)
+        if len(_FILTERS) >= _FILTERS_MAX:
+            _FILTERS.clear()
+        _FILTERS[key] = cond
+        return cond
+
+    def patient_rules(self, tx: Tx, patient: str) -> list[Any]:
+        """The patient's care relationship at my unit and access rules (consents, emergency assertions,
+        blocks, breaks), read once per request in one small query."""
+        found = self.patient_facts.get(patient)
+        if found is not None:
+            return found
+        asg = self.actor.assignment
+        assert asg is not None
+        rows = tx.conn.execute(
+            select(
+                literal("care").label("kind"),
+                care_relation.c.unit,
+                null().label("org"),
+                null().label("employee"),
+                care_relation.c.starts,
+                care_relation.c.ends,
+                literal(False).label("exempt_alerts"),
+                literal(False).label("exempt_medication"),
+            )
+            .where(care_relation.c.patient_id == patient, care_relation.c.unit == asg.unit)
+            .union_all(
+                select(
+                    pdl_rule.c.kind,
+                    pdl_rule.c.unit,
+                    pdl_rule.c.org,
+                    pdl_rule.c.employee,
+                    pdl_rule.c.starts,
+                    pdl_rule.c.ends,
+                    pdl_rule.c.exempt_alerts,
+                    pdl_rule.c.exempt_medication,
+                ).where(
+                    pdl_rule.c.patient_id == patient,
+                    pdl_rule.c.kind.in_(["consent", "emergency", "block", "break"]),
+                )
+            )
+        ).all()
+        self.patient_facts[patient] = list(rows)
+        return self.patient_facts[patient]
+
+    def _current(self, r: Any) -> bool:
+        return (r.starts is None or r.starts <= self.now) and (r.ends is None or r.ends >= self.now)
+
+    def _mine(self, r: Any) -> bool:
+        asg = self.actor.assignment
+        me = self.actor.practitioner or ""
+        return bool(asg and r.unit == asg.unit and (r.employee is None or r.employee == me) and self._current(r))
+
+    def reached_by_emergency(self, tx: Tx, patient: str) -> bool:
+        """Whether this staff member reaches the patient's other-provider data by emergency, not consent."""
+        rows = self.patient_rules(tx, patient)
+        emergency = any(r.kind == "emergency" and self._mine(r) for r in rows)
+        return emergency and not any(r.kind == "consent" and self._mine(r) for r in rows)
+
+    def pinned_filter(self, tx: Tx, a: Alias, patient: str, suppressed: bool = False) -> ColumnElement[bool] | None:
+        """The read filter for rows that all belong to ``patient`` (a patient-scoped search).
+
+        The patient-level facts (care relationship, consent, emergency assertion, blocks and breaks) are
+        the same for every row, so they are read first (``patient_rules``) and the filter keeps only the
+        per-row part: a condition on the row's owner and time, without subqueries. Equivalent to
+        ``row_filter`` (or, with ``suppressed``, to ``suppressed_filter``) for that patient's rows, and much
+        cheaper for PostgreSQL to plan.
+        """
+        actor = self.actor
+        asg = actor.assignment
+        if actor.kind != "staff" or asg is None or asg.purpose != PURPOSE_CARE or not self.rules_available:
+            return self.suppressed_filter(a) if suppressed else self.row_filter(a)
+        rows = self.patient_rules(tx, patient)
+        me = actor.practitioner or ""
+        care = any(r.kind == "care" and self._current(r) for r in rows)
+        emergency = any(r.kind == "emergency" and self._mine(r) for r in rows)
+        consent = any(r.kind == "consent" and self._mine(r) for r in rows)
+        if not (care or emergency):
+            cond: ColumnElement[bool] = false()
+        else:
+            broken = {r.org for r in rows if r.kind == "break" and r.employee == me and self._current(r)}
+            blocks = []
+            for r in rows:
+                if r.kind != "block" or r.org in (asg.unit, asg.provider) or r.org in broken:
+                    continue
+                parts = [or_(a.c.owner_org == r.org, a.c.owner_unit == r.org)]
+                if r.starts is not None:
+                    parts.append(a.c.last_updated >= r.starts)
+                if r.ends is not None:
+                    parts.append(a.c.last_updated <= r.ends)
+                if r.exempt_alerts:
+                    parts.append(a.c.res_type.not_in(list(ALERT_TYPES)))
+                if r.exempt_medication:
+                    parts.append(a.c.res_type.not_in(list(MEDICATION_TYPES)))
+                blocks.append(and_(*parts))
+            blocked = or_(*blocks) if blocks else false()
+            crossing = []
+            if self.shape[4]:  # other units of the provider, after the active choice (R-ACC-2)
+                crossing.append(and_(a.c.owner_org == asg.provider, a.c.owner_unit != asg.unit))
+            if self.shape[5] and (consent or emergency):  # other providers (R-ACC-3)
+                crossing.append(and_(a.c.owner_org.is_not(None), a.c.owner_org != asg.provider))
+            if suppressed:
+                cond = and_(or_(*crossing), blocked) if crossing and blocks else false()
+            else:
+                own = or_(a.c.owner_unit == asg.unit, a.c.owner_unit.is_(None))
+                cond = or_(own, and_(or_(*crossing), not_(blocked))) if crossing else own
+        has_types = self.shape[6]
+        if has_types is not None:
+            types = self.values["scope_types"]
+            cond = and_(a.c.res_type.in_(types), cond) if has_types else false()
+        return cond
+
+    @contextmanager
+    def active(self) -> Iterator[Policy]:
+        """Make this the active policy (the server does this for each request)."""
+        token = ACTIVE_POLICY.set(self)
+        try:
+            yield self
+        finally:
+            ACTIVE_POLICY.reset(token)
+
+    def _pdl_filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
+        actor = self.actor
+        if actor.policy_off:
+            return false() if blocked_rows else None
+        if actor.kind == "system":
+            return false() if blocked_rows else None
+        public = a.c.res_type.in_(_list_param("public_types", PUBLIC_LIST))
+        if actor.kind in ("citizen", "proxy"):
+            if blocked_rows or not actor.patient:
+                return false() if blocked_rows else public
+            own = and_(a.c.patient_id == _late("patient"), not_(self._not_for_patient(a)))
+            return or_(public, own)
+        assignment = actor.assignment
+        if assignment is None:
+            return false() if blocked_rows else public
+        unit, provider = _late("unit"), _late("provider")
+        purpose = assignment.purpose
+        non_patient = and_(
+            a.c.patient_id.is_(None),
+            or_(public, a.c.owner_org.is_(None), a.c.owner_org == provider),
+        )
+        if purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
+            if blocked_rows:
+                return false()
+            return or_(non_patient, and_(a.c.patient_id.is_not(None), a.c.owner_org == provider))
+        if purpose != PURPOSE_CARE:
+            return false() if blocked_rows else non_patient
+        # Probed per row (index on unit, patient): the cost follows the rows read, not the unit's list size.
+        cr = care_relation.alias("cr")
+        care = exists().where(
+            cr.c.unit == unit, cr.c.patient_id == a.c.patient_id, _active(cr, _late("now", DateTime()))
+        )
+        if not self.rules_available:
+            # Consent and block store unreadable: own-unit data only (R-BLK-5).
+            if blocked_rows:
+                return false()
+            own = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
+            return or_(non_patient, and_(care, own))
+        emergency = self._assertion(a, "emergency")
+        relation = or_(care, emergency)
+        own_unit = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
+        other_unit = and_(a.c.owner_org == provider, a.c.owner_unit != unit)
+        other_provider = and_(a.c.owner_org.is_not(None), a.c.owner_org != provider)
+        allowed_parts = []
+        if actor.other_units_chosen and (assignment.has_right("Läsa", "VG") or assignment.has_right("Läsa", "SJF")):
+            allowed_parts.append(other_unit)
+        if assignment.has_right("Läsa", "SJF"):
+            allowed_parts.append(and_(other_provider, or_(self._assertion(a, "consent"), emergency)))
+        blocked = self._blocked(a)
+        if blocked_rows:
+            if not allowed_parts:
+                return false()
+            return and_(a.c.patient_id.is_not(None), relation, or_(*allowed_parts), blocked)
+        readable = [own_unit]
+        if allowed_parts:
+            readable.append(and_(or_(*allowed_parts), not_(blocked)))
+        return or_(non_patient, and_(a.c.patient_id.is_not(None), relation, or_(*readable)))
+
+    def _not_for_patient(self, a: Alias) -> ColumnElement[bool]:
+        t = sp_token.alias("nfp")
+        return exists().where(
+            t.c.rid == a.c.rid,
+            t.c.param == "_security",
+            t.c.system == SECURITY_SYSTEM,
+            t.c.code == NOT_FOR_PATIENT,
+        )
+
+    def _assertion(self, a: Alias, kind: str) -> ColumnElement[bool]:
+        """A current consent or emergency assertion of the patient for my unit (and me, if bound)."""
+        actor = self.actor
+        assert actor.assignment is not None
+        r = pdl_rule.alias(f"p{kind[0]}")
+        return exists().where(
+            r.c.patient_id == a.c.patient_id,
+            r.c.kind == kind,
+            r.c.unit == _late("unit"),
+            or_(r.c.employee.is_(None), r.c.employee == _late("practitioner")),
+            _active(r, _late("now", DateTime())),
+        )
+
+    def _blocked(self, a: Alias) -> ColumnElement[bool]:
+        """The row is covered by a block that applies to me and that I have not broken (step 2)."""
+        actor = self.actor
+        assert actor.assignment is not None
+        b = pdl_rule.alias("pb")
+        k = pdl_rule.alias("pk")
+        broken = exists().where(
+            k.c.patient_id == b.c.patient_id,  # correlated with the block row (and through it with the data row)
+            k.c.kind == "break",
+            k.c.employee == _late("practitioner"),
+            k.c.org == b.c.org,
+            _active(k, _late("now", DateTime())),
+        )
+        return exists().where(
+            b.c.patient_id == a.c.patient_id,
+            b.c.kind == "block",
+            or_(b.c.org == a.c.owner_org, b.c.org == a.c.owner_unit),
+            b.c.org.not_in(_late("own_scope", expanding=True)),
+            or_(b.c.starts.is_(None), a.c.last_updated >= b.c.starts),
+            or_(b.c.ends.is_(None), a.c.last_updated <= b.c.ends),
+            not_(and_(b.c.exempt_alerts == true(), a.c.res_type.in_(_list_param("alert_types", list(ALERT_TYPES))))),
+            not_(
+                and_(
+                    b.c.exempt_medication == true(),
+                    a.c.res_type.in_(_list_param("medication_types", list(MEDICATION_TYPES))),
+                )
+            ),
+            not_(broken),
+        )
+
+    def access_type(self, owner_org: str | None, owner_unit: str | None, emergency: bool = False) -> str:
+        """How a returned row was reached, for the log (R-LOG-1)."""
+        actor = self.actor
+        if actor.kind in ("citizen", "proxy", "system"):
+            return actor.kind
+        a = actor.assignment
+        if a is None:
+            return "system"
+        if a.purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
+            return "quality"
+        if owner_unit is None or owner_unit == a.unit:
+            return "own-unit"
+        if owner_org == a.provider:
+            return "other-unit"
+        return "emergency" if emergency else "svod"
+
+    # ---- writing -------------------------------------------------------------------------------
+    def owner(self) -> tuple[str | None, str | None]:
+        """The owner stamped on rows this actor writes (never taken from the request body)."""
+        a = self.actor.assignment
+        if self.actor.kind == "staff" and a is not None:
+            return a.provider, a.unit
+        return None, None
+
+    def has_care_relation(self, tx: Tx, patient_id: str) -> bool:
+        a = self.actor.assignment
+        if a is None:
+            return False
+        row = tx.conn.execute(
+            select(care_relation.c.id)
+            .where(
+                care_relation.c.patient_id == patient_id,
+                care_relation.c.unit == a.unit,
+                _active(care_relation, self.now),
+            )
+            .limit(1)
+        ).first()
+        return row is not None
+
+    def _check_consent_change(self, tx: Tx, action: str, body: dict[str, Any] | None) -> None:
+        """Cancelling is final (R-ACC-5); deletion is by status entered-in-error (misregistration), never DELETE."""
+        if action == "delete":
+            raise FhirError(
+                422,
+                "business-rule",
+                "Consents are not deleted: cancel them (status inactive) or mark "
+                "a misregistration (status entered-in-error)",
+            )
+        rid = (body or {}).get("id")
+        if not isinstance(rid, str):
+            return
+        saved, tx.policy = tx.policy, None
+        try:
+            current = tx.read_optional("Consent", rid)
+        finally:
+            tx.policy = saved
+        if current is not None and current.resource().get("status") in ("inactive", "entered-in-error", "rejected"):
+            raise FhirError(422, "business-rule", "A cancelled consent is final; register a new one (R-ACC-5)")
+
+    def check_write(
+        self,
+        tx: Tx,
+        action: str,
+        rtype: str,
+        body: dict[str, Any] | None,
+        patient_id: str | None,
+        existing_owner: tuple[str | None, str | None] | None,
+    ) -> None:
+        """Raise 403 unless the actor may perform ``action`` (create/update/delete) on such a resource."""
+        actor = self.actor
+        actor.scopes.require(rtype, action)
+        if rtype == "Consent" and action in ("update", "delete"):
+            self._check_consent_change(tx, action, body)  # business rules that bind every writer
+        if actor.policy_off or actor.kind == "system":
+            return
+        kind = consent_kind(body) if rtype == "Consent" and body else None
+        if kind in OPERATION_ONLY_CONSENTS and action == "create" and not self.operation_consent:
+            raise FhirError(403, "forbidden", f"Consent of kind {kind} is created only by its operation")
+        if actor.kind in ("citizen", "proxy"):
+            if rtype not in CITIZEN_WRITABLE:
+                raise FhirError(403, "forbidden", f"Citizens cannot write {rtype} resources")
+            if patient_id is None or patient_id != actor.patient:
+                raise FhirError(
+                    403, "forbidden", "Citizens can only write data about themselves (or whom they represent)"
+                )
+            if rtype == "Consent":
+                if kind not in CITIZEN_CONSENT_KINDS:
+                    raise FhirError(403, "forbidden", "This kind of consent cannot be registered by the citizen")
+                if kind == "block" and actor.kind == "proxy":
+                    raise FhirError(
+                        403, "forbidden", "A guardian or representative cannot block the patient's data (R-BLK-4)"
+                    )
+            if existing_owner is not None and existing_owner != (None, None):
+                raise FhirError(403, "forbidden", "Citizens can change only what they registered themselves")
+            return
+        a = actor.assignment
+        if a is None:
+            raise FhirError(403, "forbidden", "Staff must act through an assignment (medarbetaruppdrag)")
+        if rtype in DIRECTORY_TYPES:
+            if not actor.is_admin():
+                raise FhirError(403, "forbidden", "Only administrators maintain the directory")
+            return
+        if not a.has_right("Skriva", "VE"):
+            raise FhirError(403, "forbidden", "The assignment has no right to write (Skriva)")
+        if existing_owner is not None and existing_owner[1] not in (None, a.unit):
+            raise FhirError(403, "forbidden", "Staff can change only data documented at their own unit")
+        if patient_id is None:
+            return
+        if rtype in CARE_ESTABLISHING and _establishes_own(body, rtype, a.unit):
+            return
+        if not self.has_care_relation(tx, patient_id):
+            raise FhirError(403, "forbidden", "No care relationship with the patient at this unit (R-ACC-1)")
+
+
+def _establishes_own(body: dict[str, Any] | None, rtype: str, unit: str) -> bool:
+    if not body:
+        return False
+    key = {"EpisodeOfCare": "managingOrganization", "Encounter": "serviceProvider"}.get(rtype)
+    if key is not None:
+        return ref_id(body.get(key), "Organization") == unit
+    return any(ref_id(p.get("member"), "Organization") == unit for p in body.get("participant", []))

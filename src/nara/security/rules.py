@@ -1,0 +1,242 @@
+"""Deriving the access-rule index (``pdl_rule``) from FHIR resources, inside the write's transaction.
+
+Care relationships come from EpisodeOfCare, Encounter and CareTeam; consents, emergency assertions,
+blocks, block breaks and representatives from Consent; guardianship from RelatedPerson. The FHIR
+representation is documented in docs/security.md §3.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, insert
+
+from nara.fhir.canonical import BASE
+from nara.fhir.dates import parse_range
+from nara.security.schema import care_relation, pdl_rule
+from nara.store.store import register_write_hook
+
+if TYPE_CHECKING:
+    from nara.store.crud import Stored, Tx
+
+NARA = BASE
+CONSENT_KIND_SYSTEM = f"{NARA}/CodeSystem/pdl-consent-kind"
+INFO_TYPE_SYSTEM = f"{NARA}/CodeSystem/information-type"
+ACTOR_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+NARA_ACTOR_ROLE_SYSTEM = f"{NARA}/CodeSystem/consent-actor-role"
+PERSONNUMMER = "http://electronichealth.se/identifier/personnummer"
+SAMORDNINGSNUMMER = "http://electronichealth.se/identifier/samordningsnummer"
+RULE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam", "Consent", "RelatedPerson", "Patient"})
+PROTECTED_LABEL_SYSTEM = "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel"
+PROTECTED_LABELS = frozenset({"sekretessmarkering", "skyddadFolkbokforing"})
+ACTIVE_EPISODE = frozenset({"active", "waitlist", "onhold"})
+ACTIVE_ENCOUNTER = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave"})
+FINISHED_ENCOUNTER_DAYS = 30
+
+
+def ref_id(ref: Any, rtype: str | None = None) -> str | None:
+    """The logical id in a Reference to ``rtype`` (relative or absolute), or None."""
+    if not isinstance(ref, dict):
+        return None
+    value = ref.get("reference")
+    if not isinstance(value, str) or value.startswith("#"):
+        return None
+    parts = value.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) < 2 or (rtype is not None and parts[-2] != rtype):
+        return None
+    return parts[-1]
+
+
+def ref_type(ref: Any) -> str | None:
+    if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
+        return None
+    parts = ref["reference"].split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def _start(value: Any) -> datetime | None:
+    r = parse_range(value) if isinstance(value, str) else None
+    return r[0] if r else None
+
+
+def _end(value: Any) -> datetime | None:
+    r = parse_range(value) if isinstance(value, str) else None
+    return r[1] if r else None
+
+
+def _period(res: dict[str, Any], key: str = "period") -> tuple[datetime | None, datetime | None]:
+    p = res.get(key)
+    if not isinstance(p, dict):
+        return None, None
+    return _start(p.get("start")), _end(p.get("end"))
+
+
+def consent_kind(res: dict[str, Any]) -> str | None:
+    for cat in res.get("category", []):
+        for c in cat.get("coding", []) if isinstance(cat, dict) else []:
+            if c.get("system") == CONSENT_KIND_SYSTEM:
+                return str(c.get("code"))
+    return None
+
+
+def _actors(provision: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    out = []
+    for a in provision.get("actor", []):
+        for c in (a.get("role") or {}).get("coding", []):
+            if c.get("code") == role:
+                out.append(a.get("reference") or {})
+    return out
+
+
+def identifier_value(res: dict[str, Any]) -> str | None:
+    for ident in res.get("identifier", []):
+        if ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER) and isinstance(ident.get("value"), str):
+            return str(ident["value"])
+    return None
+
+
+def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> list[dict[str, Any]]:
+    """The pdl_rule rows a resource implies (without rid/patient columns filled by the caller)."""
+    rtype = res.get("resourceType")
+    status = res.get("status")
+    rows: list[dict[str, Any]] = []
+
+    def row(kind: str, **kw: Any) -> dict[str, Any]:
+        base = {
+            "kind": kind,
+            "org": None,
+            "unit": None,
+            "employee": None,
+            "person": None,
+            "starts": None,
+            "ends": None,
+            "exempt_alerts": False,
+            "exempt_medication": False,
+        }
+        base.update(kw)
+        return base
+
+    if rtype == "Patient":
+        labels = (res.get("meta") or {}).get("security", [])
+        if any(x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS for x in labels):
+            rows.append(row("protected"))  # protected identity (R-ID-3): flag every access in the log
+    elif rtype == "EpisodeOfCare" and status in ACTIVE_EPISODE:
+        unit = ref_id(res.get("managingOrganization"), "Organization")
+        if unit:
+            starts, ends = _period(res)
+            rows.append(row("care", unit=unit, starts=starts, ends=ends))
+    elif rtype == "Encounter":
+        unit = ref_id(res.get("serviceProvider"), "Organization")
+        starts, ends = _period(res)
+        if unit and status in ACTIVE_ENCOUNTER:
+            rows.append(row("care", unit=unit, starts=starts))
+        elif unit and status == "finished" and ends is not None:
+            rows.append(row("care", unit=unit, starts=starts, ends=ends + timedelta(days=FINISHED_ENCOUNTER_DAYS)))
+    elif rtype == "CareTeam" and status == "active":
+        starts, ends = _period(res)
+        for part in res.get("participant", []):
+            unit = ref_id(part.get("member"), "Organization")
+            if unit:
+                rows.append(row("care", unit=unit, starts=starts, ends=ends))
+    elif rtype == "Consent" and status == "active":
+        kind = consent_kind(res)
+        prov = res.get("provision") or {}
+        starts, ends = _period(prov)
+        if kind in ("svod-consent", "emergency"):
+            units = [ref_id(r, "Organization") for r in _actors(prov, "IRCP")]
+            employees = [ref_id(r, "Practitioner") for r in _actors(prov, "IRCP")]
+            employee = next((e for e in employees if e), None)
+            for unit in (u for u in units if u):
+                rows.append(
+                    row(
+                        "consent" if kind == "svod-consent" else "emergency",
+                        unit=unit,
+                        employee=employee,
+                        starts=starts,
+                        ends=ends,
+                    )
+                )
+        elif kind == "block":
+            exempt = set()
+            for sub in prov.get("provision", []):
+                if sub.get("type") == "permit":
+                    for code in sub.get("code", []):
+                        for c in code.get("coding", []):
+                            if c.get("system") == INFO_TYPE_SYSTEM:
+                                exempt.add(c.get("code"))
+            for r in _actors(prov, "CST"):
+                custodian = ref_id(r, "Organization")
+                if custodian:
+                    rows.append(
+                        row(
+                            "block",
+                            org=custodian,
+                            starts=starts,
+                            ends=ends,
+                            exempt_alerts="uppmarksamhetsinformation" in exempt,
+                            exempt_medication="lakemedel" in exempt,
+                        )
+                    )
+        elif kind == "block-break":
+            employee = next((e for e in (ref_id(r, "Practitioner") for r in _actors(prov, "IRCP")) if e), None)
+            custodians = [ref_id(r, "Organization") for r in _actors(prov, "CST")]
+            if employee:
+                for c in [c for c in custodians if c] or [None]:
+                    rows.append(row("break", org=c, employee=employee, starts=starts, ends=ends))
+        elif kind == "representative":
+            for r in _actors(prov, "representative"):
+                rp_id = ref_id(r, "RelatedPerson")
+                person = None
+                if rp_id and tx is not None:
+                    rp = tx.read_optional("RelatedPerson", rp_id)
+                    person = identifier_value(rp.resource()) if rp else None
+                ident = r.get("identifier") if isinstance(r, dict) else None
+                if person is None and isinstance(ident, dict):
+                    person = ident.get("value")
+                if person:
+                    rows.append(row("representative", person=person, starts=starts, ends=ends))
+    elif rtype == "RelatedPerson" and res.get("active", True) is not False:
+        codes = {c.get("code") for rel in res.get("relationship", []) for c in rel.get("coding", [])}
+        person = identifier_value(res)
+        if person and codes & {"GUARD", "MTH", "FTH", "PRN"} and "GUARD" in codes:
+            starts, ends = _period(res)
+            rows.append(row("guardian", person=person, starts=starts, ends=ends))
+    return rows
+
+
+CARE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam"})
+
+
+def on_write(tx: Tx, method: str, st: Stored) -> None:
+    """Write hook: keep ``care_relation`` / ``pdl_rule`` in step with the resource (same transaction)."""
+    if st.res_type not in RULE_TYPES:
+        return
+    table = care_relation if st.res_type in CARE_TYPES else pdl_rule
+    tx.conn.execute(delete(table).where(table.c.source_rid == st.rid))
+    if st.deleted or st.content is None or not st.patient_id:
+        return
+    rows = derive(tx, st.resource(), st.patient_id, st.last_updated)
+    if not rows:
+        return
+    if table is care_relation:
+        params = [
+            {
+                "source_rid": st.rid,
+                "patient_id": st.patient_id,
+                "unit": r["unit"],
+                "starts": r["starts"],
+                "ends": r["ends"],
+            }
+            for r in rows
+        ]
+    else:
+        params = [{**r, "source_rid": st.rid, "patient_id": st.patient_id} for r in rows]
+    tx.conn.execute(insert(table), params)
+
+
+register_write_hook(on_write)

@@ -1,0 +1,216 @@
+"""Tables of the security layer: the access-rule index and the audit trail.
+
+- ``care_relation`` and ``pdl_rule`` are derived from FHIR resources (EpisodeOfCare, Encounter,
+  CareTeam; Consent, RelatedPerson) in the same transaction as their write, like the search index: the
+  policy reads them inside its SQL filters. They hold nothing that is not in a resource and are rebuilt
+  from the resources. Rows carry ``patient_id`` (the distribution key).
+- ``audit_event`` / ``audit_access`` are the access log, kept apart from the clinical tables so that
+  audit volume does not slow clinical writes; ``audit_review`` stores completed log reviews.
+  Audit rows are hash-chained (``chain_seq``, ``prev_hash``, ``hash``) and protected by triggers
+  against change or deletion inside the retention period.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, String, Table, Text, text
+from sqlalchemy.engine import Connection
+
+from nara.store.schema import ID, RID, metadata
+
+care_relation = Table(
+    "care_relation",
+    metadata,
+    Column("id", RID, primary_key=True, autoincrement=True),
+    Column("source_rid", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("patient_id", ID, nullable=False),
+    Column("unit", ID, nullable=False),  # the caring unit (Organization id = HSA-id)
+    Column("starts", DateTime),
+    Column("ends", DateTime),
+    Index("ix_care_relation_unit", "unit", "patient_id"),
+    Index("ix_care_relation_patient", "patient_id"),
+    Index("ix_care_relation_source", "source_rid"),
+)
+
+# Consents, emergency assertions, blocks, block breaks, representatives and guardians. Kept apart from
+# care relationships so that when this store cannot be read, own-unit access still works (R-BLK-5).
+pdl_rule = Table(
+    "pdl_rule",
+    metadata,
+    Column("id", RID, primary_key=True, autoincrement=True),
+    Column("source_rid", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("patient_id", ID, nullable=False),
+    # consent | emergency | block | break | representative | guardian | protected
+    Column("kind", String(16), nullable=False),
+    Column("org", ID),  # block / break: the custodian (care provider or unit) whose data is blocked
+    Column("unit", ID),  # consent / emergency: the reading unit
+    Column("employee", ID),  # Practitioner id for employee-bound consent, emergency, block break
+    Column("person", String(32)),  # personnummer of a representative or guardian
+    Column("starts", DateTime),
+    Column("ends", DateTime),
+    Column("exempt_alerts", Boolean, nullable=False, default=False),
+    Column("exempt_medication", Boolean, nullable=False, default=False),
+    Index("ix_pdl_rule_patient", "patient_id", "kind"),
+    Index("ix_pdl_rule_source", "source_rid"),
+    Index("ix_pdl_rule_unit", "kind", "unit", "patient_id"),
+    Index("ix_pdl_rule_person", "kind", "person"),
+)
+
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("seq", RID, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime, nullable=False),  # UTC
+    Column("action", String(32), nullable=False),  # read | vread | search | history | create | update | ...
+    Column("outcome", String(8), nullable=False),  # permit | deny | error
+    Column("actor_kind", String(12), nullable=False),
+    Column("user_id", String(64)),  # staff HSA-id, citizen personnummer, client id
+    Column("user_name", Text),
+    Column("assignment_id", String(64)),
+    Column("unit_id", String(64)),  # accessing vårdenhet
+    Column("provider_id", String(64)),  # accessing vårdgivare or omsorgsgivare
+    Column("purpose", Text),
+    Column("client_id", String(64)),
+    Column("resource_type", String(64)),
+    Column("resource_id", Text),
+    Column("request", Text),  # method, path and query (no bodies)
+    Column("reason", Text),  # emergency / block-break reason, denial reason
+    Column("assertion_id", String(64)),  # consent or emergency Consent id
+    Column("flags", Text),  # comma-separated: emergency, block-break, protected-identity, ...
+    Column("patient_count", Integer, nullable=False, default=0),
+    Column("chain_seq", BigInteger().with_variant(Integer, "sqlite")),
+    Column("prev_hash", String(64)),
+    Column("hash", String(64)),
+    Index("ix_audit_event_time", "recorded_at"),
+    Index("ix_audit_event_user", "user_id", "recorded_at"),
+    Index("ux_audit_event_chain", "chain_seq", unique=True),
+    # Only the few not yet sealed rows: the sealer finds them without walking the sealed chain.
+    Index(
+        "ix_audit_event_unsealed",
+        "seq",
+        postgresql_where=text("chain_seq IS NULL"),
+        sqlite_where=text("chain_seq IS NULL"),
+    ),
+)
+
+audit_access = Table(
+    "audit_access",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),  # audit_event.seq
+    Column("recorded_at", DateTime, nullable=False),
+    Column("patient_id", ID, nullable=False),
+    Column("owner_org", ID),
+    Column("owner_unit", ID),
+    # own-unit | other-unit | svod | emergency | block-break | citizen | proxy | system | quality
+    Column("access_type", String(16), nullable=False),
+    Column("protected", Boolean, nullable=False, default=False),
+    Column("action", String(32)),  # when it differs from the event's (a transaction's creates and updates)
+    Index("ix_audit_access_patient", "patient_id", "recorded_at"),
+    Index("ix_audit_access_seq", "seq"),
+)
+
+audit_review = Table(
+    "audit_review",
+    metadata,
+    Column("id", RID, primary_key=True, autoincrement=True),
+    Column("reviewed_at", DateTime, nullable=False),
+    Column("reviewer", String(64), nullable=False),
+    Column("period_start", DateTime),
+    Column("period_end", DateTime),
+    Column("events", Text, nullable=False),  # comma-separated audit_event.seq reviewed
+    Column("finding", Text, nullable=False),
+    Column("action", Text, nullable=False),
+)
+
+AUDIT_TABLES = ("audit_event", "audit_access", "audit_review")
+
+
+def guard_statements(dialect: str, retention_days: int) -> list[str]:
+    """Triggers that refuse changing or deleting audit rows inside the retention period.
+
+    Only the chain columns of a not yet chained ``audit_event`` row may be set (once).
+    """
+    if dialect == "postgresql":
+        return [
+            f"""
+CREATE OR REPLACE FUNCTION nara_audit_guard() RETURNS trigger AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    IF OLD.recorded_at > (now() AT TIME ZONE 'UTC') - interval '{int(retention_days)} days' THEN
+      RAISE EXCEPTION 'audit records cannot be deleted within the retention period';
+    END IF;
+    RETURN OLD;
+  END IF;
+  IF TG_TABLE_NAME = 'audit_event' AND OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
+     AND (to_jsonb(NEW) - 'chain_seq' - 'prev_hash' - 'hash') = (to_jsonb(OLD) - 'chain_seq' - 'prev_hash' - 'hash')
+  THEN
+    RETURN NEW;
+  END IF;
+  RAISE EXCEPTION 'audit records cannot be changed';
+END $$ LANGUAGE plpgsql""",
+            "DROP TRIGGER IF EXISTS nara_audit_event_guard ON audit_event",
+            "CREATE TRIGGER nara_audit_event_guard BEFORE UPDATE OR DELETE ON audit_event "
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+            "DROP TRIGGER IF EXISTS nara_audit_access_guard ON audit_access",
+            "CREATE TRIGGER nara_audit_access_guard BEFORE UPDATE OR DELETE ON audit_access "
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+            "DROP TRIGGER IF EXISTS nara_audit_review_guard ON audit_review",
+            "CREATE TRIGGER nara_audit_review_guard BEFORE UPDATE OR DELETE ON audit_review "
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+        ]
+    keep = f"datetime('now', '-{int(retention_days)} days')"
+    return [
+        "DROP TRIGGER IF EXISTS nara_audit_event_no_update",
+        """CREATE TRIGGER nara_audit_event_no_update BEFORE UPDATE ON audit_event
+FOR EACH ROW WHEN NOT (OLD.chain_seq IS NULL AND NEW.chain_seq IS NOT NULL
+  AND NEW.seq IS OLD.seq AND NEW.recorded_at IS OLD.recorded_at AND NEW.action IS OLD.action
+  AND NEW.outcome IS OLD.outcome AND NEW.actor_kind IS OLD.actor_kind AND NEW.user_id IS OLD.user_id
+  AND NEW.user_name IS OLD.user_name AND NEW.assignment_id IS OLD.assignment_id AND NEW.unit_id IS OLD.unit_id
+  AND NEW.provider_id IS OLD.provider_id AND NEW.purpose IS OLD.purpose AND NEW.client_id IS OLD.client_id
+  AND NEW.resource_type IS OLD.resource_type AND NEW.resource_id IS OLD.resource_id
+  AND NEW.request IS OLD.request AND NEW.reason IS OLD.reason AND NEW.assertion_id IS OLD.assertion_id
+  AND NEW.flags IS OLD.flags AND NEW.patient_count IS OLD.patient_count)
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END""",
+        "DROP TRIGGER IF EXISTS nara_audit_event_no_delete",
+        f"""CREATE TRIGGER nara_audit_event_no_delete BEFORE DELETE ON audit_event
+FOR EACH ROW WHEN OLD.recorded_at > {keep}
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted within the retention period'); END""",
+        "DROP TRIGGER IF EXISTS nara_audit_access_no_update",
+        """CREATE TRIGGER nara_audit_access_no_update BEFORE UPDATE ON audit_access
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END""",
+        "DROP TRIGGER IF EXISTS nara_audit_access_no_delete",
+        f"""CREATE TRIGGER nara_audit_access_no_delete BEFORE DELETE ON audit_access
+FOR EACH ROW WHEN OLD.recorded_at > {keep}
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted within the retention period'); END""",
+        "DROP TRIGGER IF EXISTS nara_audit_review_no_change",
+        """CREATE TRIGGER nara_audit_review_no_change BEFORE UPDATE ON audit_review
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END""",
+        "DROP TRIGGER IF EXISTS nara_audit_review_no_delete",
+        f"""CREATE TRIGGER nara_audit_review_no_delete BEFORE DELETE ON audit_review
+FOR EACH ROW WHEN OLD.reviewed_at > {keep}
+BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted within the retention period'); END""",
+    ]
+
+
+def drop_guard_statements(dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        return [
+            "DROP TRIGGER IF EXISTS nara_audit_event_guard ON audit_event",
+            "DROP TRIGGER IF EXISTS nara_audit_access_guard ON audit_access",
+            "DROP TRIGGER IF EXISTS nara_audit_review_guard ON audit_review",
+        ]
+    return [
+        f"DROP TRIGGER IF EXISTS {name}"
+        for name in (
+            "nara_audit_event_no_update",
+            "nara_audit_event_no_delete",
+            "nara_audit_access_no_update",
+            "nara_audit_access_no_delete",
+            "nara_audit_review_no_change",
+            "nara_audit_review_no_delete",
+        )
+    ]
+
+
+def install_guards(conn: Connection, retention_days: int) -> None:
+    for stmt in guard_statements(conn.dialect.name, retention_days):
+        conn.exec_driver_sql(stmt)

@@ -1,0 +1,595 @@
+"""Security operations: emergency access, the two-step block break, the patient's log extract,
+log review, and the audit trail read as FHIR ``AuditEvent`` by auditors.
+
+- ``POST Patient/{id}/$emergency-access`` (R-ACC-6): reason + attestation that consent cannot be
+  obtained → a time-limited ``Consent`` (category ``emergency``); every access under it is flagged.
+- ``POST Patient/{id}/$break-block`` (R-BLK-2): step ``where`` reveals which care providers or units
+  hold blocked data; step ``content`` (with a ``custodian``) lifts the block for this user for one hour.
+  Both need an active emergency assertion or the patient's explicit consent, and both are logged.
+- ``GET Patient/{id}/$log-extract`` (R-LOG-3): who (unit, name where configured), when, what kind of
+  access; for the patient, their proxy and auditors.
+- ``GET|POST $log-review`` (R-LOG-4): flagged accesses plus a random sample; POST stores a completed
+  review (finding and action).
+- ``GET AuditEvent[/{seq}]``: the log, BALP-shaped, for auditors (``patient``, ``agent``, ``date``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from nara.fhir.canonical import BASE
+from nara.fhir.dates import instant, parse_instant
+from nara.fhir.outcome import FhirError
+from nara.security import audit
+from nara.security.actors import PURPOSE_CARE, Actor
+from nara.security.policy import Policy
+from nara.security.review import run_review
+from nara.security.rules import (
+    ACTOR_ROLE_SYSTEM,
+    CONSENT_KIND_SYSTEM,
+    PERSONNUMMER,
+    ref_id,
+)
+from nara.security.schema import audit_access, audit_event, pdl_rule
+from nara.server.dispatch import Context, FhirRequest, Outcome, operation
+from nara.store.crud import Tx
+from nara.store.database import json_out
+from nara.store.schema import resource
+
+NARA = BASE
+REASON_EXT = f"{NARA}/StructureDefinition/access-reason"
+UNOBTAINABLE_EXT = f"{NARA}/StructureDefinition/consent-unobtainable"
+BREAK_HOURS = 1
+
+DECLARED_OPERATIONS = {
+    "Patient": ["emergency-access", "break-block", "log-extract"],
+    "*": ["log-review"],
+}
+
+
+def _policy(tx: Tx) -> Policy:
+    policy: Policy | None = tx.policy
+    if policy is None:
+        raise FhirError(401, "login", "This operation needs an authenticated user")
+    return policy
+
+
+def _params(req: FhirRequest) -> dict[str, Any]:
+    """Operation parameters from a Parameters body and/or the query string."""
+    out: dict[str, Any] = {k: v for k, v in req.query}
+    body = req.body
+    if isinstance(body, dict):
+        if body.get("resourceType") != "Parameters":
+            raise FhirError(400, "invalid", "The operation takes a Parameters resource")
+        for p in body.get("parameter", []):
+            name = p.get("name")
+            value = next((v for k, v in p.items() if k.startswith("value")), None)
+            if name:
+                out[name] = value
+    return out
+
+
+def _staff_in_care(tx: Tx) -> Actor:
+    actor = _policy(tx).actor
+    if not actor.is_staff or actor.assignment is None or actor.assignment.purpose != PURPOSE_CARE:
+        raise FhirError(403, "forbidden", "Only staff acting for care and treatment (Vård och behandling) may do this")
+    return actor
+
+
+def _patient(tx: Tx, rtype: str | None, rid: str | None) -> str:
+    if rtype != "Patient" or not rid:
+        raise FhirError(400, "invalid", "This operation runs on a Patient: Patient/{id}/$...")
+    if tx.read_optional("Patient", rid) is None and _unfiltered_exists(tx, "Patient", rid) is False:
+        raise FhirError(404, "not-found", f"Patient/{rid} is not known")
+    return rid
+
+
+def _unfiltered_exists(tx: Tx, rtype: str, rid: str) -> bool:
+    policy, tx.policy = tx.policy, None
+    try:
+        return tx.read_optional(rtype, rid) is not None
+    finally:
+        tx.policy = policy
+
+
+def _now() -> datetime:
+    return audit.now_utc()
+
+
+def _create_consent(tx: Tx, consent: dict[str, Any]) -> str:
+    """Create a Consent that only an operation may create (the write check is lifted for this one write)."""
+    policy = _policy(tx)
+    policy.operation_consent = True
+    try:
+        result = tx.create(consent, "Consent")
+    finally:
+        policy.operation_consent = False
+    assert result.stored is not None
+    return result.stored.res_id
+
+
+def _reference_actor(role: str, reference: str) -> dict[str, Any]:
+    return {"role": {"coding": [{"system": ACTOR_ROLE_SYSTEM, "code": role}]}, "reference": {"reference": reference}}
+
+
+def _audit(
+    tx: Tx,
+    action: str,
+    patient: str,
+    flags: set[str],
+    reason: str | None,
+    assertion: str | None,
+    outcome_rows: list[Any] | None = None,
+) -> None:
+    policy = _policy(tx)
+    rec = audit.AuditRecord(
+        action,
+        "permit",
+        policy.actor,
+        "Patient",
+        patient,
+        f"{action} Patient/{patient}",
+        reason=reason,
+        assertion_id=assertion,
+        flags=flags,
+        accesses=[
+            audit.Access(
+                patient,
+                None,
+                None,
+                "emergency" if "emergency" in flags else "block-break" if "block-break" in flags else "own-unit",
+            )
+        ],
+    )
+    audit.record(tx.conn, rec)
+
+
+@operation("emergency-access")
+def emergency_access(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
+    if req.method != "POST":
+        raise FhirError(405, "not-supported", "$emergency-access is invoked with POST")
+    actor = _staff_in_care(tx)
+    patient = _patient(tx, rtype, rid)
+    params = _params(req)
+    reason = params.get("reason")
+    if not isinstance(reason, str) or len(reason.strip()) < 3:
+        raise FhirError(400, "required", "Emergency access needs a reason (parameter 'reason')", ["Parameters.reason"])
+    unobtainable = params.get("consentUnobtainable")
+    if unobtainable not in (True, "true"):
+        raise FhirError(
+            400,
+            "required",
+            "Emergency access needs the attestation that consent cannot be obtained "
+            "(parameter 'consentUnobtainable' = true)",
+            ["Parameters.consentUnobtainable"],
+        )
+    hours = ctx.settings.security.emergency_hours
+    start = _now()
+    end = start + timedelta(hours=hours)
+    assert actor.assignment is not None
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": "emergency"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "dateTime": instant(start),
+        "extension": [
+            {"url": REASON_EXT, "valueString": reason.strip()[:1000]},
+            {"url": UNOBTAINABLE_EXT, "valueBoolean": True},
+        ],
+        "provision": {
+            "type": "permit",
+            "period": {"start": instant(start), "end": instant(end)},
+            "actor": [
+                _reference_actor("IRCP", f"Organization/{actor.assignment.unit}"),
+                _reference_actor("IRCP", f"Practitioner/{actor.practitioner}"),
+            ],
+        },
+    }
+    cid = _create_consent(tx, consent)
+    _audit(tx, "emergency-access", patient, {"emergency"}, reason.strip(), cid)
+    return Outcome(
+        200,
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "assertion", "valueReference": {"reference": f"Consent/{cid}"}},
+                {"name": "validUntil", "valueInstant": instant(end)},
+            ],
+        },
+    )
+
+
+def _basis_ok(tx: Tx, patient: str, basis: Any) -> str:
+    actor = _staff_in_care(tx)
+    assert actor.assignment is not None
+    if basis == "consent":
+        return "consent"
+    if basis not in (None, "emergency"):
+        raise FhirError(400, "invalid", "basis must be 'emergency' or 'consent'")
+    now = _now()
+    row = tx.conn.execute(
+        select(pdl_rule.c.id)
+        .where(
+            pdl_rule.c.patient_id == patient,
+            pdl_rule.c.kind == "emergency",
+            pdl_rule.c.unit == actor.assignment.unit,
+            (pdl_rule.c.employee.is_(None)) | (pdl_rule.c.employee == (actor.practitioner or "")),
+            (pdl_rule.c.starts.is_(None)) | (pdl_rule.c.starts <= now),
+            (pdl_rule.c.ends.is_(None)) | (pdl_rule.c.ends >= now),
+        )
+        .limit(1)
+    ).first()
+    if row is None:
+        raise FhirError(
+            403,
+            "forbidden",
+            "Breaking a block needs an active emergency access ($emergency-access) "
+            "or the patient's explicit consent (basis=consent)",
+        )
+    return "emergency"
+
+
+@operation("break-block")
+def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
+    if req.method != "POST":
+        raise FhirError(405, "not-supported", "$break-block is invoked with POST")
+    patient = _patient(tx, rtype, rid)
+    params = _params(req)
+    basis = _basis_ok(tx, patient, params.get("basis"))
+    actor = _policy(tx).actor
+    assert actor.assignment is not None
+    reason = params.get("reason")
+    if not isinstance(reason, str) or len(reason.strip()) < 3:
+        raise FhirError(400, "required", "Breaking a block needs a reason (parameter 'reason')")
+    step = params.get("step")
+    if step == "where":
+        custodians = [
+            r[0]
+            for r in tx.conn.execute(
+                select(pdl_rule.c.org)
+                .distinct()
+                .where(
+                    pdl_rule.c.patient_id == patient,
+                    pdl_rule.c.kind == "block",
+                    pdl_rule.c.org.not_in([actor.assignment.unit, actor.assignment.provider]),
+                )
+            )
+            if r[0]
+        ]
+        _audit(tx, "block-break-where", patient, {"block-break", basis}, reason.strip(), None)
+        return Outcome(
+            200,
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "custodian", "valueReference": {"reference": f"Organization/{c}"}}
+                    for c in sorted(custodians)
+                ],
+            },
+        )
+    if step != "content":
+        raise FhirError(400, "invalid", "step must be 'where' (step 1) or 'content' (step 2)")
+    custodian = params.get("custodian")
+    cust_id = (
+        ref_id(custodian, "Organization")
+        if isinstance(custodian, dict)
+        else (custodian.split("/")[-1] if isinstance(custodian, str) else None)
+    )
+    if not cust_id:
+        raise FhirError(400, "required", "Step 2 needs the custodian (an Organization reference from step 1)")
+    start = _now()
+    end = start + timedelta(hours=BREAK_HOURS)
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]
+        },
+        "category": [{"coding": [{"system": CONSENT_KIND_SYSTEM, "code": "block-break"}]}],
+        "patient": {"reference": f"Patient/{patient}"},
+        "dateTime": instant(start),
+        "extension": [{"url": REASON_EXT, "valueString": reason.strip()[:1000]}],
+        "provision": {
+            "type": "permit",
+            "period": {"start": instant(start), "end": instant(end)},
+            "actor": [
+                _reference_actor("IRCP", f"Practitioner/{actor.practitioner}"),
+                _reference_actor("CST", f"Organization/{cust_id}"),
+            ],
+        },
+    }
+    cid = _create_consent(tx, consent)
+    _audit(tx, "block-break-content", patient, {"block-break", basis}, reason.strip(), cid)
+    return Outcome(
+        200,
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "assertion", "valueReference": {"reference": f"Consent/{cid}"}},
+                {"name": "validUntil", "valueInstant": instant(end)},
+            ],
+        },
+    )
+
+
+# ---- log extract and review ---------------------------------------------------------------------
+def _period(params: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    start = parse_instant(params["start"]) if params.get("start") else None
+    end = parse_instant(params["end"]) if params.get("end") else None
+    if (params.get("start") and start is None) or (params.get("end") and end is None):
+        raise FhirError(400, "invalid", "start and end must be FHIR dates or dateTimes")
+    return start, end
+
+
+def _unit_names(tx: Tx, ids: set[str]) -> dict[str, str]:
+    """Names of the units and care providers in a log extract, in one query (the directory is public)."""
+    if not ids:
+        return {}
+    rows = tx.conn.execute(
+        select(resource.c.res_id, json_out(resource.c.content, tx.pg)).where(
+            resource.c.res_type == "Organization", resource.c.res_id.in_(sorted(ids)), resource.c.deleted.is_(False)
+        )
+    ).all()
+    return {rid: str(orjson.loads(content).get("name", rid)) for rid, content in rows if content}
+
+
+@operation("log-extract")
+def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
+    actor = _policy(tx).actor
+    if rtype != "Patient" or not rid:
+        raise FhirError(400, "invalid", "$log-extract runs on a Patient: Patient/{id}/$log-extract")
+    allowed = (
+        (actor.kind in ("citizen", "proxy") and actor.patient == rid)
+        or actor.can_review_logs()
+        or (actor.kind == "system" and actor.policy_off)
+    )
+    if not allowed:
+        raise FhirError(403, "forbidden", "The log extract is for the patient, their representative and auditors")
+    start, end = _period(_params(req))
+    rows = audit.extract(tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names)
+    names = _unit_names(tx, {r.unit_id for r in rows if r.unit_id} | {r.provider_id for r in rows if r.provider_id})
+    entries = []
+    for r in rows:
+        entries.append(
+            {
+                "resource": _audit_event_json(
+                    None,
+                    r.time_utc,
+                    r.action,
+                    "permit",
+                    r.actor_kind,
+                    None,
+                    r.user_name,
+                    r.unit_id,
+                    names.get(r.unit_id or "", r.unit_id),
+                    r.provider_id,
+                    names.get(r.provider_id or "", r.provider_id),
+                    rid,
+                    r.access_type,
+                    local_time=r.time_local,
+                )
+            }
+        )
+    _audit(tx, "log-extract", rid, set(), None, None)
+    return Outcome(200, {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries})
+
+
+ACTION_CODE = {
+    "create": "C",
+    "read": "R",
+    "vread": "R",
+    "search": "E",
+    "history": "R",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "operation": "E",
+}
+
+
+def _audit_event_json(
+    seq: int | None,
+    at: datetime,
+    action: str,
+    outcome: str,
+    actor_kind: str,
+    user_id: str | None,
+    user_name: str | None,
+    unit_id: str | None,
+    unit_name: str | None,
+    provider_id: str | None,
+    provider_name: str | None,
+    patient: str | None,
+    access_type: str | None,
+    local_time: str | None = None,
+    flags: str | None = None,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """One access as a FHIR AuditEvent shaped after IHE BALP (Basic Audit Log Patterns)."""
+    agent: dict[str, Any] = {"requestor": True, "type": {"text": actor_kind}}
+    who: dict[str, Any] = {}
+    if user_id:
+        who["identifier"] = {
+            "system": "urn:oid:1.2.752.29.4.19" if actor_kind == "staff" else PERSONNUMMER,
+            "value": user_id,
+        }
+    if user_name:
+        who["display"] = user_name
+    if who:
+        agent["who"] = who
+    if unit_id:
+        agent["location"] = {"reference": f"Location/{unit_id}", "display": unit_name or unit_id}
+    agents = [agent]
+    if unit_id:
+        agents.append(
+            {
+                "requestor": False,
+                "type": {"text": "vårdenhet"},
+                "who": {"reference": f"Organization/{unit_id}", "display": unit_name or unit_id},
+            }
+        )
+    if provider_id:
+        agents.append(
+            {
+                "requestor": False,
+                "type": {"text": "vårdgivare/omsorgsgivare"},
+                "who": {"reference": f"Organization/{provider_id}", "display": provider_name or provider_id},
+            }
+        )
+    res: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": f"{NARA}/CodeSystem/audit-action", "code": action}],
+        "action": ACTION_CODE.get(action, "E"),
+        "recorded": instant(at),
+        "outcome": "0" if outcome == "permit" else "4",
+        "agent": agents,
+        "source": {"observer": {"display": "Nära"}},
+    }
+    if seq is not None:
+        res["id"] = str(seq)
+    ext = []
+    if access_type:
+        ext.append({"url": f"{NARA}/StructureDefinition/access-type", "valueCode": access_type})
+    if local_time:
+        ext.append({"url": f"{NARA}/StructureDefinition/local-time", "valueString": local_time})
+    if flags:
+        ext.append({"url": f"{NARA}/StructureDefinition/review-flags", "valueString": flags})
+    if ext:
+        res["extension"] = ext
+    if reason:
+        res["outcomeDesc"] = reason
+    if patient:
+        res["entity"] = [
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+            }
+        ]
+    return res
+
+
+def _require_auditor(tx: Tx) -> Actor:
+    actor = _policy(tx).actor
+    if not (actor.can_review_logs() or (actor.kind == "system" and actor.policy_off)):
+        raise FhirError(403, "forbidden", "Reading the access log needs an auditor assignment (loggranskning)")
+    return actor
+
+
+def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Outcome:
+    """``GET AuditEvent`` and ``GET AuditEvent/{seq}`` served from the log tables (auditors only)."""
+    _require_auditor(tx)
+    conds = []
+    if seq is not None:
+        if not seq.isdigit():
+            raise FhirError(404, "not-found", f"AuditEvent/{seq[:40]} is not known")
+        conds.append(audit_event.c.seq == int(seq))
+    params = dict(req.query)
+    if params.get("agent"):
+        conds.append(audit_event.c.user_id == params["agent"].split("|")[-1])
+    if params.get("patient"):
+        pid = params["patient"].split("/")[-1]
+        conds.append(audit_event.c.seq.in_(select(audit_access.c.seq).where(audit_access.c.patient_id == pid)))
+    for _k, v in [(k, v) for k, v in req.query if k == "date"]:
+        prefix, value = (v[:2], v[2:]) if v[:2] in ("ge", "gt", "le", "lt") else ("eq", v)
+        when = parse_instant(value)
+        if when is None:
+            raise FhirError(400, "invalid", f"date must be a FHIR date or dateTime, not {v[:40]!r}")
+        col = audit_event.c.recorded_at
+        conds.append(
+            {"ge": col >= when, "gt": col > when, "le": col <= when, "lt": col < when}.get(prefix, col >= when)
+        )
+    count = min(int(params.get("_count", "50")) if str(params.get("_count", "50")).isdigit() else 50, 1000)
+    rows = tx.conn.execute(select(audit_event).where(*conds).order_by(audit_event.c.seq.desc()).limit(count)).all()
+    if seq is not None and not rows:
+        raise FhirError(404, "not-found", f"AuditEvent/{seq} is not known")
+    access = {
+        r.seq: r for r in tx.conn.execute(select(audit_access).where(audit_access.c.seq.in_([x.seq for x in rows])))
+    }
+    events = [
+        _audit_event_json(
+            r.seq,
+            r.recorded_at,
+            r.action,
+            r.outcome,
+            r.actor_kind,
+            r.user_id,
+            r.user_name,
+            r.unit_id,
+            None,
+            r.provider_id,
+            None,
+            access[r.seq].patient_id if r.seq in access else None,
+            access[r.seq].access_type if r.seq in access else None,
+            flags=r.flags,
+            reason=r.reason,
+        )
+        for r in rows
+    ]
+    if seq is not None:
+        return Outcome(200, events[0])
+    return Outcome(
+        200,
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(events),
+            "entry": [
+                {"fullUrl": f"{ctx.base_url}/AuditEvent/{e['id']}", "resource": e, "search": {"mode": "match"}}
+                for e in events
+            ],
+        },
+    )
+
+
+@operation("log-review")
+def log_review(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
+    actor = _require_auditor(tx)
+    params = _params(req)
+    start, end = _period(params)
+    default_start, default_end = audit.default_period(30)
+    start, end = start or default_start, end or default_end
+    if req.method == "POST" and params.get("finding"):
+        events = [int(x) for x in str(params.get("events", "")).split(",") if x.strip().isdigit()]
+        if not events or not params.get("action"):
+            raise FhirError(400, "required", "A completed review needs events, finding and action")
+        review_id = audit.store_review(
+            tx.conn, actor.subject, events, str(params["finding"]), str(params["action"]), (start, end)
+        )
+        return Outcome(
+            201, {"resourceType": "Parameters", "parameter": [{"name": "review", "valueInteger": review_id}]}
+        )
+    sample = float(params.get("sampleRate", 0.05))
+    vip = [v for v in str(params.get("vip", "")).split(",") if v]
+    seed = int(params["seed"]) if str(params.get("seed", "")).isdigit() else None
+    items = run_review(tx, start, end, vip=vip, sample_rate=sample, seed=seed)
+    entries = [
+        {
+            "resource": _audit_event_json(
+                i.seq,
+                i.recorded_at,
+                i.action,
+                "permit",
+                "staff",
+                i.user_id,
+                i.user_name,
+                i.unit_id,
+                None,
+                None,
+                None,
+                i.patient_id,
+                None,
+                flags=",".join(i.criteria),
+            )
+        }
+        for i in items
+    ]
+    return Outcome(200, {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries})

@@ -1,0 +1,325 @@
+"""The access log (R-LOG-1..4): records, tamper evidence, the patient's log extract, log review, and a
+server killed mid-load."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import select, text
+
+from nara.security import audit
+from nara.security.schema import audit_access, audit_event, audit_review, drop_guard_statements, install_guards
+from nara.store.store import Store
+from tests.conftest import Backend, _free_port, token
+from tests.security.region import JSON, VC, Region, actor, build_region, consent, observation
+
+
+@pytest.fixture
+def region(fhir: httpx.Client) -> Region:
+    reg = build_region(fhir)
+    reg.post(observation(reg.patients["anna"], "29463-7", 80.0), reg.staff["vc"].token())
+    return reg
+
+
+def events(store: Store, **where: Any) -> list[Any]:
+    with store.engine.connect() as conn:
+        stmt = select(audit_event)
+        for k, v in where.items():
+            stmt = stmt.where(audit_event.c[k] == v)
+        return list(conn.execute(stmt.order_by(audit_event.c.seq)).all())
+
+
+def accesses(store: Store, seq: int) -> list[Any]:
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(audit_access).where(audit_access.c.seq == seq)).all())
+
+
+def test_r_log_1_every_read_records_who_where_what_whose_and_how(region: Region, store: Store) -> None:
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Observation?patient={region.patients['anna']}").status_code == 200
+    ev = events(store, user_id=vc.hsa, action="search")[-1]
+    assert ev.outcome == "permit" and ev.actor_kind == "staff"
+    assert (ev.assignment_id, ev.unit_id, ev.provider_id) == (vc.assignment, VC, "SE2321000032-REG")
+    assert ev.purpose == "Vård och behandling"
+    assert ev.recorded_at is not None and "Observation" in ev.request
+    acc = accesses(store, ev.seq)
+    assert [(a.patient_id, a.owner_org, a.owner_unit, a.access_type) for a in acc] == [
+        (region.patients["anna"], "SE2321000032-REG", VC, "own-unit")
+    ]
+
+
+def test_r_log_1_writes_are_logged_in_the_same_transaction(region: Region, store: Store) -> None:
+    created = region.post(observation(region.patients["anna"], "8867-4", 72), region.staff["vc"].token())
+    ev = events(store, action="create", resource_id=created["id"])
+    assert len(ev) == 1 and ev[0].user_id == region.staff["vc"].hsa
+    # A write refused by the database leaves neither the data nor its log record.
+    before = len(events(store))
+    bad = observation(region.patients["anna"], "8867-4", 72)
+    bad["status"] = "not-a-status"
+    r = region.as_(region.staff["vc"].token()).post("Observation", content=orjson.dumps(bad), headers=JSON)
+    assert r.status_code == 400
+    assert len(events(store)) == before
+
+
+def test_r_log_2_records_cannot_be_changed_or_deleted(region: Region, store: Store) -> None:
+    seq = events(store)[-1].seq
+    for stmt in (
+        f"UPDATE audit_event SET user_id = 'x' WHERE seq = {seq}",
+        f"DELETE FROM audit_event WHERE seq = {seq}",
+        f"DELETE FROM audit_access WHERE seq = {seq}",
+    ):
+        with (
+            pytest.raises(Exception, match="audit records cannot"),
+            store.engine.connect().execution_options(nara_write=True) as conn,
+            conn.begin(),
+        ):
+            conn.exec_driver_sql(stmt)
+    assert region.fhir.post("AuditEvent", content=b'{"resourceType":"AuditEvent"}', headers=JSON).status_code == 405
+    assert region.fhir.delete(f"AuditEvent/{seq}").status_code == 405
+
+
+def _unguarded(store: Store, sql: str) -> None:
+    with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        for stmt in drop_guard_statements(conn.dialect.name):
+            conn.exec_driver_sql(stmt)
+        conn.exec_driver_sql(sql)
+        install_guards(conn, 1827)
+
+
+def test_r_log_2_hash_chain_detects_altered_deleted_and_inserted_records(region: Region, store: Store) -> None:
+    audit.seal_all(store.engine)
+    report = audit.verify(store.engine)
+    assert report.ok and report.checked == len(events(store)) and report.unsealed == 0
+    victim = events(store)[3]
+    _unguarded(store, f"UPDATE audit_event SET user_name = 'someone else' WHERE seq = {victim.seq}")
+    bad = audit.verify(store.engine)
+    assert not bad.ok and bad.first_bad_seq == victim.seq and "altered" in (bad.problem or "")
+    _unguarded(store, f"UPDATE audit_event SET user_name = {_sql(victim.user_name)} WHERE seq = {victim.seq}")
+    assert audit.verify(store.engine).ok
+    _unguarded(store, f"DELETE FROM audit_event WHERE seq = {victim.seq}")
+    gone = audit.verify(store.engine)
+    assert not gone.ok and "deleted" in (gone.problem or "")
+
+
+def test_r_log_2_inserted_record_breaks_the_chain(region: Region, store: Store) -> None:
+    audit.seal_all(store.engine)
+    last = events(store)[-1]
+    _unguarded(
+        store,
+        "INSERT INTO audit_event (recorded_at, action, outcome, actor_kind, patient_count, chain_seq, "
+        f"prev_hash, hash) VALUES ('2026-01-01 00:00:00', 'read', 'permit', 'staff', 0, {last.chain_seq + 1}, "
+        f"'{last.hash}', '{'f' * 64}')",
+    )
+    report = audit.verify(store.engine)
+    assert not report.ok and "altered" in (report.problem or "")
+
+
+def _sql(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def test_r_log_3_patient_gets_log_extract_with_unit_time_and_name(region: Region, store: Store) -> None:
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc"].token()) as c:
+        c.get(f"Observation?patient={anna}")
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        r = c.get(f"Patient/{anna}/$log-extract")
+        assert r.status_code == 200, r.text
+        entries = [e["resource"] for e in r.json()["entry"]]
+        staff_reads = [e for e in entries if any(a.get("who", {}).get("display") == "Vc Svensson" for a in e["agent"])]
+        assert staff_reads, entries
+        ev = staff_reads[0]
+        assert any(a.get("who", {}).get("display") == "Vårdcentralen Kumla" for a in ev["agent"])
+        assert ev["recorded"].endswith("Z")
+        assert c.get(f"Patient/{region.patients['child']}/$log-extract").status_code == 403
+    guardian = token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])
+    with region.as_(guardian) as c:
+        assert c.get(f"Patient/{region.patients['child']}/$log-extract").status_code == 200
+
+
+def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Region, store: Store) -> None:
+    anna, hidden = region.patients["anna"], region.patients["hidden"]
+    # own record: the staff member "self" has Anna's personnummer; same surname and address too.
+    with region.as_(region.staff["self"].token()) as c:
+        c.get(f"Observation?patient={anna}")
+    # a colleague's record: vc reads Anna, whose personnummer belongs to staff member "self".
+    with region.as_(region.staff["vc"].token()) as c:
+        c.get(f"Patient/{anna}")
+        c.get(f"Patient/{hidden}")  # protected identity
+    # emergency access at the municipality
+    with region.as_(region.staff["hsv"].token()) as c:
+        params = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "reason", "valueString": "Akut försämring"},
+                {"name": "consentUnobtainable", "valueBoolean": True},
+            ],
+        }
+        assert (
+            c.post(f"Patient/{anna}/$emergency-access", content=orjson.dumps(params), headers=JSON).status_code == 200
+        )
+        c.get(f"Observation?patient={anna}")
+    auditor = region.staff["audit"].token()
+    with region.as_(auditor) as c:
+        r = c.get("$log-review", params={"vip": hidden, "sampleRate": "0", "seed": "1"})
+        assert r.status_code == 200, r.text
+        flagged: dict[str, set[str]] = {}
+        for e in r.json()["entry"]:
+            res = e["resource"]
+            flags = next(x["valueString"] for x in res["extension"] if x["url"].endswith("review-flags"))
+            who = next(a["who"]["identifier"]["value"] for a in res["agent"] if a.get("requestor"))
+            flagged.setdefault(who, set()).update(flags.split(","))
+        assert {"own-record", "same-surname", "same-address"} <= flagged[region.staff["self"].hsa]
+        assert {"colleague-record", "protected-identity", "vip"} <= flagged[region.staff["vc"].hsa]
+        assert "emergency" in flagged[region.staff["hsv"].hsa]
+        seqs = ",".join(str(e["resource"]["id"]) for e in r.json()["entry"][:3])
+        done = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "events", "valueString": seqs},
+                {"name": "finding", "valueString": "Egen journal öppnad"},
+                {"name": "action", "valueString": "Samtal med chef"},
+            ],
+        }
+        assert c.post("$log-review", content=orjson.dumps(done), headers=JSON).status_code == 201
+        # The log is readable as AuditEvent by the auditor, not by others.
+        assert c.get(f"AuditEvent?patient={anna}").json()["total"] > 0
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get("AuditEvent").status_code == 403
+        assert c.get("$log-review").status_code == 403
+    with store.engine.connect() as conn:
+        reviews = conn.execute(select(audit_review)).all()
+    assert len(reviews) == 1 and reviews[0].finding == "Egen journal öppnad"
+    assert reviews[0].reviewer == region.staff["audit"].hsa
+
+
+def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
+    with store.transaction() as tx:
+        start, end = audit.default_period(1)
+        items = audit.review_candidates(tx.conn, start, end, {}, {}, sample_rate=1.0, many_patients_threshold=0)
+    assert items and all("random-sample" in i.criteria for i in items)
+    assert any("many-patients" in i.criteria for i in items if i.patient_id)
+
+
+def test_consent_and_block_operations_appear_in_the_log(region: Region, store: Store) -> None:
+    anna = region.patients["anna"]
+    region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{VC}")]}))
+    assert any(e.resource_type == "Consent" and e.action == "create" for e in events(store))
+
+
+# ---- a server killed mid-load --------------------------------------------------------------------
+def test_every_acknowledged_request_has_its_record_after_a_kill(backend: Backend, tmp_path: Path) -> None:
+    """Start `nara serve`, load it from threads, kill -9 it mid-load: every 2xx has its audit record."""
+    if backend.name == "sqlite":
+        url = f"sqlite:///{tmp_path}/kill.db"
+    else:
+        url = backend.url.rsplit("/", 1)[0] + f"/nara_kill_{os.getpid()}"
+    port = _free_port()
+    env = {**os.environ, "NARA_DEV_IDP": "true", "NARA_DATABASE_URL": url}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nara.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--database-url",
+            url,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    auth = {"Authorization": f"Bearer {token('load-test', 'system')}", **JSON}
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pid = httpx.post(
+            f"{base}/Patient",
+            headers=auth,
+            content=orjson.dumps({"resourceType": "Patient", "name": [{"family": "Last"}]}),
+            timeout=10,
+        ).json()["id"]
+        acked_writes: list[str] = []
+        acked_reads: list[str] = []
+        stop = threading.Event()
+
+        def load(worker: int) -> None:
+            n = 0
+            with httpx.Client(headers=auth, timeout=5) as c:
+                while not stop.is_set():
+                    n += 1
+                    try:
+                        if n % 2:
+                            r = c.post(f"{base}/Observation", content=orjson.dumps(observation(pid, "8867-4", n)))
+                            if r.status_code == 201:
+                                acked_writes.append(r.json()["id"])
+                        else:
+                            marker = f"w{worker}n{n}"
+                            r = c.get(f"{base}/Observation", params={"identifier": f"urn:load|{marker}"})
+                            if r.status_code == 200:
+                                acked_reads.append(marker)
+                    except httpx.HTTPError:
+                        return
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert acked_writes and acked_reads
+    from nara.store.database import create_engine, drop_database
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            written = {
+                r[0]
+                for r in conn.execute(
+                    text(
+                        "SELECT resource_id FROM audit_event WHERE action = 'create' AND resource_type = 'Observation'"
+                    )
+                )
+            }
+            requests = [r[0] for r in conn.execute(text("SELECT request FROM audit_event WHERE action = 'search'"))]
+        assert set(acked_writes) <= written
+        logged = " ".join(requests)
+        missing = [m for m in acked_reads if f"urn:load|{m}" not in logged]
+        assert not missing, missing[:5]
+        cli = [sys.executable, "-m", "nara.cli", "audit"]
+        sealed = subprocess.run([*cli, "seal", "--database-url", url], capture_output=True, text=True, timeout=120)
+        assert sealed.returncode == 0, sealed.stderr
+        verified = subprocess.run([*cli, "verify", "--database-url", url], capture_output=True, text=True, timeout=120)
+        assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
+        report = audit.verify(engine)
+        assert report.ok and report.unsealed == 0, report.problem
+    finally:
+        engine.dispose()
+        if backend.name == "postgres":
+            drop_database(url)

@@ -1,0 +1,246 @@
+"""Authentication and SMART scopes over real HTTP: tokens that must be refused, public endpoints, the
+development identity provider's code flow with PKCE, and attempts to reach hidden data."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+
+import httpx
+import orjson
+import pytest
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from nara.security.devidp import DEV_ISSUER, mint, signing_key
+from tests.conftest import LiveServer, token
+from tests.security.region import HSV, JSON, VC, Region, actor, build_region, consent, ids, observation
+
+
+def call(live: LiveServer, bearer: str | None, path: str = "Patient") -> httpx.Response:
+    headers = {"Accept": "application/fhir+json"}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return httpx.get(f"{live.url}/{path}", headers=headers, timeout=10)
+
+
+def test_unauthenticated_request_is_401_with_www_authenticate(live_server: LiveServer, fhir: httpx.Client) -> None:
+    r = call(live_server, None)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_metadata_and_smart_configuration_are_public(live_server: LiveServer) -> None:
+    assert call(live_server, None, "metadata").status_code == 200
+    smart = httpx.get(f"{live_server.url}/.well-known/smart-configuration", timeout=10)
+    assert smart.status_code == 200
+    conf = smart.json()
+    assert conf["authorization_endpoint"].endswith("/auth/authorize")
+    assert "S256" in conf["code_challenge_methods_supported"]
+    assert "permission-v2" in conf["capabilities"]
+
+
+def _tamper(tok: str) -> str:
+    head, body, sig = tok.split(".")
+    claims = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    claims["sub"] = "someone-else"
+    new_body = base64.urlsafe_b64encode(orjson.dumps(claims)).decode().rstrip("=")
+    return f"{head}.{new_body}.{sig}"
+
+
+def _alg_none(tok: str) -> str:
+    _head, body, _sig = tok.split(".")
+    head = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("=")
+    return f"{head}.{body}."
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: _tamper(token("c1", "system")), id="tampered-claims"),
+        pytest.param(lambda: _alg_none(token("c1", "system")), id="alg-none"),
+        pytest.param(lambda: mint(signing_key(), "c1", "system", ttl=-3600), id="expired"),
+        pytest.param(lambda: mint(signing_key(), "c1", "system", audience="another-server"), id="wrong-audience"),
+        pytest.param(
+            lambda: jwt.encode(
+                {"alg": "RS256"},
+                {"iss": DEV_ISSUER, "aud": "nara", "sub": "x", "exp": int(time.time()) + 60, "nara_kind": "system"},
+                RSAKey.generate_key(2048),
+            ),
+            id="foreign-key",
+        ),
+        pytest.param(
+            lambda: jwt.encode(
+                {"alg": "RS256"},
+                {"iss": "https://evil.example", "aud": "nara", "sub": "x", "exp": int(time.time()) + 60},
+                signing_key(),
+            ),
+            id="unknown-issuer",
+        ),
+        pytest.param(lambda: "not-a-jwt", id="garbage"),
+    ],
+)
+def test_bad_tokens_are_refused(live_server: LiveServer, fhir: httpx.Client, make: object) -> None:
+    r = call(live_server, make())  # type: ignore[operator]
+    assert r.status_code == 401, r.text
+    assert "invalid_token" in r.headers["WWW-Authenticate"]
+    assert "Traceback" not in r.text
+
+
+def test_citizen_token_with_invalid_personnummer_is_refused(live_server: LiveServer, fhir: httpx.Client) -> None:
+    r = call(live_server, token("191212121213", "citizen"))  # wrong check digit (R-ID-1)
+    assert r.status_code == 401
+
+
+@pytest.fixture
+def region(fhir: httpx.Client) -> Region:
+    reg = build_region(fhir)
+    reg.post(observation(reg.patients["anna"], "29463-7", 80.0), reg.staff["vc"].token())
+    reg.post(
+        {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{reg.patients['anna']}"},
+            "code": {"text": "Hypertoni"},
+        },
+        reg.staff["vc"].token(),
+    )
+    return reg
+
+
+def test_scope_limits_types_and_writes(region: Region) -> None:
+    anna = region.patients["anna"]
+    narrow = token(region.pnr["anna"], "citizen", scope="patient/Observation.rs")
+    with region.as_(narrow) as c:
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 1
+        assert c.get(f"Condition?patient={anna}").json()["total"] == 0
+        assert c.get(f"Patient/{anna}").status_code == 403
+        created = c.post("Observation", content=orjson.dumps(observation(anna, "29463-7", 81)), headers=JSON)
+        assert created.status_code == 403 and "scope" in created.text
+    broad = token(region.pnr["anna"], "citizen", scope="patient/*.cruds")
+    with region.as_(broad) as c:
+        assert c.get(f"Condition?patient={anna}").json()["total"] == 1
+
+
+def test_id_guessing_across_patients_reveals_nothing(region: Region) -> None:
+    other = region.post(observation(region.patients["child"], "29463-7", 30.123), region.staff["vc"].token())
+    citizen = token(region.pnr["anna"], "citizen")
+    with region.as_(citizen) as c:
+        for path in (
+            f"Observation/{other['id']}",
+            f"Observation/{other['id']}/_history",
+            f"Observation/{other['id']}/_history/1",
+            f"Observation?_id={other['id']}",
+            f"Patient/{region.patients['child']}/Observation",
+        ):
+            r = c.get(path)
+            assert "30.123" not in r.text, path
+            if r.status_code == 200:
+                assert ids(r.json()) == set(), path
+
+
+def test_include_revinclude_chain_and_has_cannot_reach_hidden_data(region: Region) -> None:
+    anna = region.patients["anna"]
+    # Data at another provider (the municipality) without consent: invisible to the health centre.
+    hidden = region.post(observation(anna, "59408-5", 93.0, "syremättnad-hemsjukvård"), region.staff["hsv"].token())
+    vc = region.staff["vc"].token()
+    with region.as_(vc) as c:
+        assert hidden["id"] not in ids(c.get(f"Observation?patient={anna}").json())
+        rev = c.get(f"Patient?_id={anna}&_revinclude=Observation:subject").json()
+        assert hidden["id"] not in ids(rev, "include")
+        assert ids(c.get("Observation?subject:Patient.name=anna&code=59408-5").json()) == set()
+        assert ids(c.get("Patient?_has:Observation:subject:code=59408-5").json()) == set()
+        everything = c.get(f"Patient/{anna}/$everything")
+        if everything.status_code == 200:
+            assert hidden["id"] not in everything.text
+        hist = c.get(f"Observation/{hidden['id']}/_history")
+        assert hist.status_code in (200, 403) and "syremättnad" not in hist.text
+    # With a consent for the health centre the same searches find it.
+    region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{VC}")]}))
+    with region.as_(vc) as c:
+        assert hidden["id"] in ids(c.get(f"Patient?_id={anna}&_revinclude=Observation:subject").json(), "include")
+        assert ids(c.get("Patient?_has:Observation:subject:code=59408-5").json()) == {anna}
+    assert HSV  # the municipality's unit owns the hidden observation
+
+
+def test_totals_count_only_what_the_actor_may_see(region: Region) -> None:
+    anna = region.patients["anna"]
+    region.post(observation(anna, "59408-5", 93.0), region.staff["hsv"].token())
+    with region.as_(region.staff["vc"].token()) as c:
+        bundle = c.get(f"Observation?patient={anna}&_total=accurate&_count=1").json()
+    assert bundle["total"] == 1
+    assert not any(link["relation"] == "next" for link in bundle["link"])
+
+
+def test_dev_idp_authorization_code_flow_with_pkce(live_server: LiveServer, region: Region) -> None:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    root = live_server.root
+    redirect = "http://127.0.0.1:9/callback"
+    params = {
+        "response_type": "code",
+        "client_id": "smart-app",
+        "redirect_uri": redirect,
+        "scope": "openid user/*.rs",
+        "state": "s1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    with httpx.Client(base_url=root, timeout=10) as web:
+        page = web.get("/auth/authorize", params=params)
+        assert page.status_code == 200
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        user = orjson.dumps(
+            {"kind": "staff", "sub": region.staff["vc"].hsa, "assignment": region.staff["vc"].assignment, "name": "Vc"}
+        ).decode()
+        answer = web.post("/auth/authorize", data={**params, "csrf": csrf.group(1), "user": user})
+        assert answer.status_code == 303
+        code = re.search(r"code=([^&]+)", answer.headers["location"])
+        assert code is not None and "state=s1" in answer.headers["location"]
+        bad = web.post(
+            "/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code.group(1),
+                "client_id": "smart-app",
+                "redirect_uri": redirect,
+                "code_verifier": "wrong",
+            },
+        )
+        assert bad.status_code == 400  # and the code is now spent
+        # A fresh login, then the right verifier.
+        page = web.get("/auth/authorize", params=params)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        answer = web.post("/auth/authorize", data={**params, "csrf": csrf.group(1), "user": user})
+        code = re.search(r"code=([^&]+)", answer.headers["location"])
+        assert code is not None
+        tok = web.post(
+            "/auth/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code.group(1),
+                "client_id": "smart-app",
+                "redirect_uri": redirect,
+                "code_verifier": verifier,
+            },
+        )
+        assert tok.status_code == 200, tok.text
+        access = tok.json()["access_token"]
+    r = call(live_server, access, f"Observation?patient={region.patients['anna']}")
+    assert r.status_code == 200 and r.json()["total"] == 1
+
+
+def test_dev_idp_refuses_open_redirects(live_server: LiveServer, fhir: httpx.Client) -> None:
+    params = {
+        "response_type": "code",
+        "client_id": "x",
+        "redirect_uri": "https://evil.example/cb",
+        "code_challenge": "abc",
+        "code_challenge_method": "S256",
+    }
+    assert httpx.get(f"{live_server.root}/auth/authorize", params=params, timeout=10).status_code == 400

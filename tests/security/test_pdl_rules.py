@@ -1,0 +1,517 @@
+"""The Patient Data Act rules of DOMAIN.md §8 (R-ACC, R-BLK, R-ID-3), over real HTTP on both databases.
+
+Each test is named after the rule it proves. Data is written by staff through the API, so every row is
+stamped with its owner (care provider and unit) from the writer's assignment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import select, text
+
+from nara.security.schema import audit_access, audit_event
+from nara.store.store import Store
+from tests.conftest import token
+from tests.security.region import (
+    AVD,
+    HSV,
+    JSON,
+    NARA,
+    REGION,
+    VC,
+    Region,
+    actor,
+    build_region,
+    consent,
+    ids,
+    observation,
+)
+
+
+@pytest.fixture
+def region(fhir: httpx.Client) -> Region:
+    reg = build_region(fhir)
+    anna = reg.patients["anna"]
+    # Anna's data documented at three units of two providers.
+    reg.data = {}  # type: ignore[attr-defined]
+    for key, code in (("vc", "29463-7"), ("avdsjf", "8867-4"), ("hsv", "59408-5")):
+        created = reg.post(observation(anna, code, 70.0, f"by {key}"), reg.staff[key].token())
+        reg.data[key] = created["id"]  # type: ignore[attr-defined]
+    return reg
+
+
+def client(reg: Region, bearer: str) -> httpx.Client:
+    return reg.as_(bearer)
+
+
+def visible(reg: Region, bearer: str, query: str = "") -> set[str]:
+    with client(reg, bearer) as c:
+        r = c.get(f"Observation?patient={reg.patients['anna']}&_count=100{query}")
+        assert r.status_code == 200, r.text
+        return ids(r.json())
+
+
+def audit_rows(store: Store, **where: Any) -> list[Any]:
+    with store.engine.connect() as conn:
+        stmt = select(audit_event)
+        for k, v in where.items():
+            stmt = stmt.where(audit_event.c[k] == v)
+        return list(conn.execute(stmt.order_by(audit_event.c.seq)).all())
+
+
+# ---- stamping ------------------------------------------------------------------------------------
+def test_owner_is_stamped_from_the_assignment_not_the_body(region: Region, store: Store) -> None:
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT res_id, owner_org, owner_unit FROM resource WHERE res_type='Observation'")
+        ).all()
+    owners = {r.res_id: (r.owner_org, r.owner_unit) for r in rows}
+    assert owners[region.data["vc"]] == (REGION, VC)  # type: ignore[attr-defined]
+    assert owners[region.data["avdsjf"]] == (REGION, AVD)  # type: ignore[attr-defined]
+    assert owners[region.data["hsv"]] == ("SE2120000000-KOM", HSV)  # type: ignore[attr-defined]
+
+
+# ---- R-ACC ---------------------------------------------------------------------------------------
+def test_r_acc_1_read_needs_care_relationship_and_denial_is_logged(region: Region, store: Store) -> None:
+    vc_obs = region.data["vc"]  # type: ignore[attr-defined]
+    assert vc_obs in visible(region, region.staff["vc"].token())
+    # The eye clinic has no care relationship with Anna: nothing in searches, 403 on direct reads.
+    assert visible(region, region.staff["tom"].token()) == set()
+    with client(region, region.staff["tom"].token()) as c:
+        r = c.get(f"Observation/{vc_obs}")
+        assert r.status_code == 403
+        assert r.json()["resourceType"] == "OperationOutcome"
+        assert "70" not in r.text and region.patients["anna"] not in r.text
+    denials = audit_rows(store, outcome="deny", user_id=region.staff["tom"].hsa)
+    assert denials, [(e.action, e.outcome, e.user_id) for e in audit_rows(store)][-10:]
+    assert denials[-1].assignment_id == region.staff["tom"].assignment
+    assert denials[-1].unit_id == region.staff["tom"].unit
+
+
+def test_r_acc_1_purpose_other_than_care_reads_no_clinical_data(region: Region) -> None:
+    assert visible(region, region.staff["audit"].token()) == set()
+
+
+def test_r_acc_2_other_unit_of_same_provider_only_after_active_choice(region: Region) -> None:
+    vc_obs, avd_obs = region.data["vc"], region.data["avdsjf"]  # type: ignore[attr-defined]
+    nurse = region.staff["avd"]
+    assert visible(region, nurse.token()) == {avd_obs}
+    assert visible(region, nurse.token(extra={"other_units": True})) == {avd_obs, vc_obs}
+
+
+def test_r_acc_2_inner_block_hides_other_unit_even_after_active_choice(region: Region) -> None:
+    anna = region.patients["anna"]
+    region.post(consent(anna, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{VC}")]}))
+    nurse = region.staff["avd"]
+    assert region.data["vc"] not in visible(region, nurse.token(extra={"other_units": True}))  # type: ignore[attr-defined]
+    # The blocked unit itself still sees its own data.
+    assert region.data["vc"] in visible(region, region.staff["vc"].token())  # type: ignore[attr-defined]
+
+
+def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region) -> None:
+    anna = region.patients["anna"]
+    vc_obs, hsv_obs = region.data["vc"], region.data["hsv"]  # type: ignore[attr-defined]
+    municipal, municipal_ve = region.staff["hsv"], region.staff["hsvve"]
+    assert visible(region, municipal.token()) == {hsv_obs}
+    region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]}))
+    assert vc_obs in visible(region, municipal.token())
+    # Without the SJF right the consent does not help (R-ACC-3 c).
+    assert visible(region, municipal_ve.token()) == {hsv_obs}
+
+
+def test_r_acc_3_without_care_relationship_consent_is_not_enough(region: Region) -> None:
+    anna = region.patients["anna"]
+    region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{AVD}")]}))
+    # The ward has a care relationship; the eye clinic with a consent but no relationship sees nothing.
+    region.post(
+        consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", "Organization/SE2321000032-TOM")]})
+    )
+    assert visible(region, region.staff["tom"].token()) == set()
+
+
+def test_r_acc_4_employee_bound_consent_applies_only_to_that_employee(region: Region) -> None:
+    anna = region.patients["anna"]
+    region.post(
+        consent(
+            anna,
+            "svod-consent",
+            {
+                "type": "permit",
+                "actor": [
+                    actor("IRCP", f"Organization/{VC}"),
+                    actor("IRCP", f"Practitioner/{region.staff['vc'].practitioner}"),
+                ],
+            },
+        )
+    )
+    hsv_obs = region.data["hsv"]  # type: ignore[attr-defined]
+    assert hsv_obs in visible(region, region.staff["vc"].token())
+    assert hsv_obs not in visible(region, region.staff["vc2"].token())
+
+
+def test_r_acc_4_consent_without_end_is_valid_until_cancelled_and_start_is_respected(region: Region) -> None:
+    anna = region.patients["anna"]
+    hsv_obs = region.data["hsv"]  # type: ignore[attr-defined]
+    future = region.post(
+        consent(
+            anna,
+            "svod-consent",
+            {"type": "permit", "period": {"start": "2999-01-01"}, "actor": [actor("IRCP", f"Organization/{VC}")]},
+        )
+    )
+    assert hsv_obs not in visible(region, region.staff["vc"].token())
+    future["provision"]["period"] = {"start": "2020-01-01"}
+    region.put(future)
+    assert hsv_obs in visible(region, region.staff["vc"].token())
+
+
+def test_r_acc_5_cancelled_consent_is_final_and_misregistration_is_ignored(region: Region) -> None:
+    anna = region.patients["anna"]
+    hsv_obs = region.data["hsv"]  # type: ignore[attr-defined]
+    c = region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{VC}")]}))
+    assert hsv_obs in visible(region, region.staff["vc"].token())
+    c["status"] = "inactive"
+    region.put(c)
+    assert hsv_obs not in visible(region, region.staff["vc"].token())
+    c["status"] = "active"
+    r = region.fhir.put(f"Consent/{c['id']}", content=orjson.dumps(c), headers=JSON)
+    assert r.status_code == 422 and "final" in r.text
+    assert region.fhir.delete(f"Consent/{c['id']}").status_code == 422
+    wrong = region.post(
+        consent(
+            anna,
+            "svod-consent",
+            {"type": "permit", "actor": [actor("IRCP", f"Organization/{VC}")]},
+            status="entered-in-error",
+        )
+    )
+    assert wrong["status"] == "entered-in-error"
+    assert hsv_obs not in visible(region, region.staff["vc"].token())
+
+
+def test_r_acc_6_emergency_access_needs_reason_and_attestation_and_is_flagged(region: Region, store: Store) -> None:
+    anna = region.patients["anna"]
+    vc_obs = region.data["vc"]  # type: ignore[attr-defined]
+    doctor = region.staff["hsv"]
+    with client(region, doctor.token()) as c:
+        path = f"Patient/{anna}/$emergency-access"
+        no_reason = {"resourceType": "Parameters", "parameter": [{"name": "consentUnobtainable", "valueBoolean": True}]}
+        assert c.post(path, content=orjson.dumps(no_reason), headers=JSON).status_code == 400
+        no_attest = {"resourceType": "Parameters", "parameter": [{"name": "reason", "valueString": "Medvetslös"}]}
+        assert c.post(path, content=orjson.dumps(no_attest), headers=JSON).status_code == 400
+        ok = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "reason", "valueString": "Medvetslös, behöver läkemedelslista"},
+                {"name": "consentUnobtainable", "valueBoolean": True},
+            ],
+        }
+        r = c.post(path, content=orjson.dumps(ok), headers=JSON)
+        assert r.status_code == 200, r.text
+        assert vc_obs in visible(region, doctor.token())
+    # Direct creation of an emergency Consent is refused: only the operation makes one.
+    raw = consent(anna, "emergency", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]})
+    r = region.as_(doctor.token()).post("Consent", content=orjson.dumps(raw), headers=JSON)
+    assert r.status_code == 403
+    rows = audit_rows(store, user_id=doctor.hsa, action="search")
+    assert any("emergency" in (row.flags or "") for row in rows)
+    with store.engine.connect() as conn:
+        types = {
+            r.access_type
+            for r in conn.execute(
+                select(audit_access.c.access_type).where(audit_access.c.seq.in_([row.seq for row in rows]))
+            )
+        }
+    assert "emergency" in types
+    assert audit_rows(store, action="emergency-access")[0].reason.startswith("Medvetslös")
+
+
+# ---- R-BLK ---------------------------------------------------------------------------------------
+def block(reg: Region, custodian: str, **provision: Any) -> dict[str, Any]:
+    return reg.post(
+        consent(
+            reg.patients["anna"],
+            "block",
+            {"type": "deny", "actor": [actor("CST", f"Organization/{custodian}")], **provision},
+        )
+    )
+
+
+def with_consent_for(reg: Region, unit: str) -> None:
+    reg.post(
+        consent(
+            reg.patients["anna"], "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{unit}")]}
+        )
+    )
+
+
+def test_r_blk_1_outer_block_on_provider_withholds_its_data(region: Region) -> None:
+    with_consent_for(region, HSV)
+    block(region, REGION)
+    seen = visible(region, region.staff["hsv"].token())
+    assert seen == {region.data["hsv"]}  # type: ignore[attr-defined]
+
+
+def test_r_blk_1_block_period_is_compared_with_documentation_time(region: Region) -> None:
+    with_consent_for(region, HSV)
+    block(region, REGION, period={"start": "2000-01-01", "end": "2001-01-01"})  # old data only
+    assert region.data["vc"] in visible(region, region.staff["hsv"].token())  # type: ignore[attr-defined]
+
+
+def test_r_blk_2_blocked_info_signalled_without_source(region: Region, store: Store) -> None:
+    with_consent_for(region, HSV)
+    block(region, VC)
+    with client(region, region.staff["hsv"].token()) as c:
+        bundle = c.get(f"Observation?patient={region.patients['anna']}").json()
+    issues = [
+        i
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode") == "outcome"
+        for i in e["resource"]["issue"]
+    ]
+    suppressed = [i for i in issues if i["code"] == "suppressed"]
+    assert suppressed, bundle
+    text_ = orjson.dumps(suppressed).decode()
+    assert VC not in text_ and REGION not in text_ and "Vårdcentralen" not in text_
+
+
+def test_r_blk_2_two_step_break_reveals_where_then_content_each_logged(region: Region, store: Store) -> None:
+    anna = region.patients["anna"]
+    with_consent_for(region, HSV)
+    block(region, VC)
+    doctor = region.staff["hsv"]
+    vc_obs = region.data["vc"]  # type: ignore[attr-defined]
+    with client(region, doctor.token()) as c:
+        step1 = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "step", "valueCode": "where"},
+                {"name": "basis", "valueCode": "consent"},
+                {"name": "reason", "valueString": "Patienten samtycker till att spärren hävs"},
+            ],
+        }
+        r1 = c.post(f"Patient/{anna}/$break-block", content=orjson.dumps(step1), headers=JSON)
+        assert r1.status_code == 200, r1.text
+        assert [p["valueReference"]["reference"] for p in r1.json()["parameter"]] == [f"Organization/{VC}"]
+        assert vc_obs not in visible(region, doctor.token())  # step 1 reveals where, not content
+        step2 = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "step", "valueCode": "content"},
+                {"name": "basis", "valueCode": "consent"},
+                {"name": "custodian", "valueReference": {"reference": f"Organization/{VC}"}},
+                {"name": "reason", "valueString": "Patienten samtycker till att spärren hävs"},
+            ],
+        }
+        assert c.post(f"Patient/{anna}/$break-block", content=orjson.dumps(step2), headers=JSON).status_code == 200
+    assert vc_obs in visible(region, doctor.token())
+    assert vc_obs not in visible(region, region.staff["hsvve"].token())  # only the breaking user
+    actions = [r.action for r in audit_rows(store, user_id=doctor.hsa)]
+    assert "block-break-where" in actions and "block-break-content" in actions
+
+
+def test_r_blk_2_break_needs_emergency_or_consent(region: Region) -> None:
+    block(region, VC)
+    step = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "step", "valueCode": "where"}, {"name": "reason", "valueString": "nyfiken"}],
+    }
+    with client(region, region.staff["hsv"].token()) as c:
+        r = c.post(f"Patient/{region.patients['anna']}/$break-block", content=orjson.dumps(step), headers=JSON)
+    assert r.status_code == 403
+
+
+def test_r_blk_3_alerts_and_medication_can_be_exempted(region: Region) -> None:
+    anna = region.patients["anna"]
+    with_consent_for(region, HSV)
+    med = region.post(
+        {
+            "resourceType": "MedicationRequest",
+            "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": {"coding": [{"system": "http://www.whocc.no/atc", "code": "C09AA05"}]},
+            "subject": {"reference": f"Patient/{anna}"},
+        },
+        region.staff["vc"].token(),
+    )
+    block(
+        region,
+        VC,
+        provision=[
+            {
+                "type": "permit",
+                "code": [{"coding": [{"system": f"{NARA}/CodeSystem/information-type", "code": "lakemedel"}]}],
+            }
+        ],
+    )
+    with client(region, region.staff["hsv"].token()) as c:
+        meds = ids(c.get(f"MedicationRequest?patient={anna}").json())
+    assert meds == {med["id"]}
+    assert region.data["vc"] not in visible(region, region.staff["hsv"].token())  # type: ignore[attr-defined]
+
+
+def test_r_blk_4_guardian_cannot_block_childs_data(region: Region) -> None:
+    guardian = token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])
+    child = region.patients["child"]
+    body = consent(child, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{VC}")]})
+    r = region.as_(guardian).post("Consent", content=orjson.dumps(body), headers=JSON)
+    assert r.status_code == 403
+    assert "R-BLK-4" in r.text
+
+
+def test_r_blk_5_unreadable_block_store_fails_closed_for_other_units(region: Region, store: Store) -> None:
+    with_consent_for(region, HSV)
+    rename = "ALTER TABLE pdl_rule RENAME TO pdl_rule_away"
+    back = "ALTER TABLE pdl_rule_away RENAME TO pdl_rule"
+    with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        conn.exec_driver_sql(rename)
+    try:
+        with client(region, region.staff["hsv"].token()) as c:
+            r = c.get(f"Observation?patient={region.patients['anna']}")
+        assert r.status_code == 200, r.text
+        assert ids(r.json()) == {region.data["hsv"]}  # type: ignore[attr-defined]
+        assert "Warning" in r.headers
+    finally:
+        with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+            conn.exec_driver_sql(back)
+
+
+def test_r_blk_6_quality_assurance_reads_blocked_data_logged_with_purpose(region: Region, store: Store) -> None:
+    block(region, VC)
+    qa = region.staff["qa"]
+    seen = visible(region, qa.token())
+    assert region.data["vc"] in seen and region.data["avdsjf"] in seen  # type: ignore[attr-defined]
+    assert region.data["hsv"] not in seen  # another provider: not for the region's QA  # type: ignore[attr-defined]
+    rows = audit_rows(store, user_id=qa.hsa, action="search")
+    assert rows[-1].purpose == "Kvalitetssäkring"
+
+
+# ---- citizens and proxies ------------------------------------------------------------------------
+def test_citizen_reads_own_data_but_not_what_is_not_for_patient(region: Region) -> None:
+    anna = region.patients["anna"]
+    hidden = observation(anna, "11111-1", 1.0)
+    hidden["meta"] = {"security": [{"system": f"{NARA}/CodeSystem/security", "code": "not-for-patient"}]}
+    secret = region.post(hidden, region.staff["vc"].token())
+    citizen = token(region.pnr["anna"], "citizen")
+    seen = visible(region, citizen)
+    assert set(region.data.values()) <= seen  # type: ignore[attr-defined]
+    assert secret["id"] not in seen
+    with client(region, citizen) as c:
+        assert c.get(f"Patient/{region.patients['child']}").status_code == 403
+        assert ids(c.get("Patient").json()) == {anna}
+
+
+def test_citizen_writes_only_own_self_measurements(region: Region) -> None:
+    citizen = token(region.pnr["anna"], "citizen")
+    with client(region, citizen) as c:
+        own = c.post(
+            "Observation", content=orjson.dumps(observation(region.patients["anna"], "29463-7", 71.2)), headers=JSON
+        )
+        assert own.status_code == 201
+        other = c.post(
+            "Observation", content=orjson.dumps(observation(region.patients["child"], "29463-7", 30)), headers=JSON
+        )
+        assert other.status_code == 403
+        cond = {
+            "resourceType": "Condition",
+            "subject": {"reference": f"Patient/{region.patients['anna']}"},
+            "code": {"text": "x"},
+        }
+        assert c.post("Condition", content=orjson.dumps(cond), headers=JSON).status_code == 403
+
+
+def test_guardian_sees_child_until_thirteen(region: Region) -> None:
+    guardian = region.pnr["guardian"]
+    region.post(observation(region.patients["child"], "29463-7", 30.0), region.staff["vc"].token())
+    with client(region, token(guardian, "proxy", patient=region.pnr["child"])) as c:
+        r = c.get(f"Observation?patient={region.patients['child']}")
+        assert r.status_code == 200 and r.json()["total"] == 1
+    with client(region, token(guardian, "proxy", patient=region.pnr["teen"])) as c:
+        r = c.get(f"Observation?patient={region.patients['teen']}")
+        assert r.status_code == 403 and "13" in r.text
+
+
+def test_representative_authorised_by_adult_acts_for_them(region: Region) -> None:
+    rep_pnr = region.pnr["guardian"]
+    region.put(
+        {
+            "resourceType": "RelatedPerson",
+            "id": "rep-anna",
+            "patient": {"reference": f"Patient/{region.patients['anna']}"},
+            "identifier": [{"system": "http://electronichealth.se/identifier/personnummer", "value": rep_pnr}],
+        }
+    )
+    proxy = token(rep_pnr, "proxy", patient=region.pnr["anna"])
+    with client(region, proxy) as c:
+        assert c.get(f"Observation?patient={region.patients['anna']}").status_code == 403
+    region.post(
+        consent(
+            region.patients["anna"],
+            "representative",
+            {
+                "type": "permit",
+                "period": {"start": "2020-01-01"},
+                "actor": [
+                    {
+                        "role": {
+                            "coding": [{"system": f"{NARA}/CodeSystem/consent-actor-role", "code": "representative"}]
+                        },
+                        "reference": {"reference": "RelatedPerson/rep-anna"},
+                    }
+                ],
+            },
+        )
+    )
+    with client(region, token(rep_pnr, "proxy", patient=region.pnr["anna"])) as c:
+        r = c.get(f"Observation?patient={region.patients['anna']}")
+        assert r.status_code == 200 and r.json()["total"] == 3
+
+
+# ---- R-ID-3 --------------------------------------------------------------------------------------
+def test_r_id_3_protected_identity_hides_address_and_flags_access(region: Region, store: Store) -> None:
+    hidden = region.patients["hidden"]
+    with client(region, region.staff["vc"].token()) as c:
+        read = c.get(f"Patient/{hidden}")
+        assert read.status_code == 200 and "address" not in read.json()
+        assert "Hemlig" not in c.get(f"Patient?_id={hidden}").text
+        assert "Hemlig" not in c.get(f"Patient/{hidden}/_history").text
+    # Not even a system client sees it through the API.
+    assert "Hemlig" not in region.fhir.get(f"Patient/{hidden}").text
+    rows = audit_rows(store, user_id=region.staff["vc"].hsa, action="read")
+    assert any("protected-identity" in (r.flags or "") for r in rows)
+
+
+def test_r_blk_2_break_lifts_the_block_for_that_patient_only(region: Region) -> None:
+    anna, teen = region.patients["anna"], region.patients["teen"]
+    doctor = region.staff["hsv"]
+    region.put(
+        {
+            "resourceType": "EpisodeOfCare",
+            "id": "eoc-teen-hsv",
+            "status": "active",
+            "patient": {"reference": f"Patient/{teen}"},
+            "managingOrganization": {"reference": f"Organization/{HSV}"},
+        }
+    )
+    teen_obs = region.post(observation(teen, "29463-7", 55.0), region.staff["vc"].token())["id"]
+    for pid in (anna, teen):
+        region.post(consent(pid, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]}))
+        region.post(consent(pid, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{VC}")]}))
+    step2 = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "step", "valueCode": "content"},
+            {"name": "basis", "valueCode": "consent"},
+            {"name": "custodian", "valueReference": {"reference": f"Organization/{VC}"}},
+            {"name": "reason", "valueString": "Patienten samtycker"},
+        ],
+    }
+    with client(region, doctor.token()) as c:
+        assert c.post(f"Patient/{anna}/$break-block", content=orjson.dumps(step2), headers=JSON).status_code == 200
+        assert region.data["vc"] in visible(region, doctor.token())  # type: ignore[attr-defined]
+        teen_seen = ids(c.get(f"Observation?patient={teen}").json())
+    assert teen_obs not in teen_seen
