@@ -85,7 +85,9 @@ def test_r_acc_1_read_needs_care_relationship_and_denial_is_logged(region: Regio
         r = c.get(f"Observation/{vc_obs}")
         assert r.status_code == 403
         assert r.json()["resourceType"] == "OperationOutcome"
-        assert "70" not in r.text and region.patients["anna"] not in r.text
+        # Nothing of the content (the weight 70 kg, its code, the note) and not whose it is.
+        for leak in ('"value"', "70.0", "29463-7", "by vc", "valueQuantity", region.patients["anna"]):
+            assert leak not in r.text, leak
     denials = audit_rows(store, outcome="deny", user_id=region.staff["tom"].hsa)
     assert denials, [(e.action, e.outcome, e.user_id) for e in audit_rows(store)][-10:]
     assert denials[-1].assignment_id == region.staff["tom"].assignment
