@@ -23,8 +23,11 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/nara demo
 
-## make test: install the development dependencies and run lint, type checks and the whole test suite
+## make test: install the development dependencies (and the OS packages the tests drive: Debian's chromium for
+## the web-page tests, wrk for the load-generator test) and run lint, type checks and the whole test suite
 test: $(DEV_STAMP)
+	@command -v chromium >/dev/null || apt-get install -y chromium || (apt-get update && apt-get install -y chromium)
+	@command -v wrk >/dev/null || apt-get install -y wrk || (apt-get update && apt-get install -y wrk)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 -q; status=$$?; \

@@ -124,13 +124,18 @@ def _truncate(store: Store) -> None:
             install_guards(conn, 1827)
 
 
+def reset_settings(store: Store) -> None:
+    """Put the store's settings back to the test defaults (in place: the live server shares this object)."""
+    fresh = StoreSettings(statement_timeout_ms=20_000)
+    for f in dataclasses.fields(fresh):
+        setattr(store.settings, f.name, getattr(fresh, f.name))
+
+
 @pytest.fixture
 def store(backend: Backend) -> Store:
     """An empty store on the current backend."""
     truncate(backend.store)
-    fresh = StoreSettings(statement_timeout_ms=20_000)
-    for f in dataclasses.fields(fresh):  # reset in place: the live server shares this object
-        setattr(backend.store.settings, f.name, getattr(fresh, f.name))
+    reset_settings(backend.store)
     return backend.store
 
 

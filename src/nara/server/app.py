@@ -150,6 +150,18 @@ async def landing(request: Request) -> Response:
     return HTMLResponse(landing_page(base_url(request, request.app.state.settings), users))
 
 
+# The site icon browsers ask for on every page (a 404 there is an error in every visitor's console).
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#1f5f8b"/>'
+    b'<text x="16" y="23" font-family="sans-serif" font-size="20" font-weight="bold" fill="#fff" '
+    b'text-anchor="middle">N</text></svg>'
+)
+
+
+async def favicon(request: Request) -> Response:
+    return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 async def health(request: Request) -> Response:
     store: Store = request.app.state.store
 
@@ -202,6 +214,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     routes = [
         *auth.routes,
         Route("/", landing),
+        Route("/favicon.ico", favicon),
         Route("/healthz", health),
         Route("/noop", noop),
         Route(FHIR_PREFIX, fhir_endpoint, methods=methods),

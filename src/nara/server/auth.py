@@ -38,6 +38,16 @@ SCOPES_SUPPORTED = [
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def _error_page(title: str, message: str, *, again: bool = False, status: int = 400) -> HTMLResponse:
+    """A small, complete HTML page for a failed login step: what went wrong, never a stack trace."""
+    link = '<p><a href="/auth/login">Log in again</a></p>' if again else ""
+    html = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)} – Nära</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}</style></head><body>
+<h1>{escape(title)}</h1><p>{escape(message)}</p>{link}</body></html>"""
+    return HTMLResponse(html, status_code=status, headers=_NO_STORE)
+
+
 def _root(request: Request) -> str:
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
     return f"{request.url.scheme}://{host}"
@@ -128,7 +138,7 @@ async def authorize(request: Request) -> Response:
         params = dict(request.query_params)
         problem = _check_authorize_params(request, params)
         if problem:
-            return HTMLResponse(f"<h1>Bad request</h1><p>{escape(problem)}</p>", status_code=400)
+            return _error_page("Bad request", problem)
         users = await run_in_threadpool(_demo_users, request)
         keep: dict[str, str] = {
             k: params[k]
@@ -147,15 +157,16 @@ async def authorize(request: Request) -> Response:
         return HTMLResponse(login_page(users, keep, idp.new_csrf()), headers=_NO_STORE)
     params = await _form(request)
     if not idp.take_csrf(params.get("csrf", "")):
-        return HTMLResponse("<h1>Expired form</h1><p>Reload the login page and try again.</p>", status_code=400)
+        return _error_page("Expired form", "Reload the login page and try again.")
     problem = _check_authorize_params(request, params)
     if problem:
-        return HTMLResponse(f"<h1>Bad request</h1><p>{escape(problem)}</p>", status_code=400)
+        return _error_page("Bad request", problem)
     try:
         user = orjson.loads(params.get("user", ""))
-        assert isinstance(user, dict) and user.get("sub") and user.get("kind")
-    except (orjson.JSONDecodeError, AssertionError):
-        return HTMLResponse("<h1>Bad request</h1><p>Choose a user.</p>", status_code=400)
+    except orjson.JSONDecodeError:
+        user = None
+    if not isinstance(user, dict) or not user.get("sub") or not user.get("kind"):  # checked even under python -O
+        return _error_page("Bad request", "Choose a user.")
     claims = {
         "sub": str(user["sub"]),
         "kind": str(user["kind"]),
@@ -281,7 +292,7 @@ async def demo_callback(request: Request) -> Response:
         return JSONResponse({"error": "not_found"}, status_code=404)
     state = request.query_params.get("state", "")
     if not state or state != request.cookies.get("nara_state"):
-        return HTMLResponse("<h1>Login failed</h1><p>The login state did not match; start again.</p>", status_code=400)
+        return _error_page("Login failed", "The login state did not match; start again.", again=True)
     root = _root(request)
     claims = idp.redeem(
         request.query_params.get("code", ""),
@@ -290,7 +301,7 @@ async def demo_callback(request: Request) -> Response:
         request.cookies.get("nara_pkce", ""),
     )
     if claims is None:
-        return HTMLResponse("<h1>Login failed</h1><p>The code was not accepted; start again.</p>", status_code=400)
+        return _error_page("Login failed", "The code was not accepted; start again.", again=True)
     access = mint(
         idp.key,
         claims["sub"],
