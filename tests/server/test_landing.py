@@ -47,3 +47,11 @@ def test_without_a_demo_region_the_page_says_how_to_make_one(tmp_path: Path, mon
     page = landing_page("http://127.0.0.1:8080/fhir")
     assert "nara demo" in page and "Logs in as" not in page
     assert not missing.exists(), "rendering the page must not create a database"
+
+
+def test_without_the_development_login_the_page_links_no_dead_login() -> None:
+    page = landing_page("http://example.test/fhir", USERS, login_enabled=False)
+    assert "/auth/login" not in page
+    assert "development login is off" in page and "nara token --user" in page
+    for u in USERS:
+        assert u.sub in page

@@ -147,7 +147,8 @@ async def landing(request: Request) -> Response:
     from nara.server.landing import demo_users_of, landing_page
 
     users = await run_in_threadpool(demo_users_of, request.app.state.store)
-    return HTMLResponse(landing_page(base_url(request, request.app.state.settings), users))
+    settings = request.app.state.settings
+    return HTMLResponse(landing_page(base_url(request, settings), users, settings.security.dev_idp))
 
 
 # The site icon browsers ask for on every page (a 404 there is an error in every visitor's console).

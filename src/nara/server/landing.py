@@ -53,18 +53,25 @@ def _user_rows(users: Sequence[object]) -> str:
     return "\n".join(rows)
 
 
-def landing_page(fhir_base: str, users: Sequence[object] = ()) -> str:
-    """The page; ``users`` are the demo logins of the served database."""
+def landing_page(fhir_base: str, users: Sequence[object] = (), login_enabled: bool = True) -> str:
+    """The page; ``users`` are the demo logins of the served database, ``login_enabled`` whether this server
+    runs the development identity provider (``nara demo``, or ``NARA_DEV_IDP=true``)."""
     base = escape(fhir_base)
     root = escape(fhir_base.removesuffix("/fhir"))
     if users:
+        if login_enabled:
+            how = f"""Log in through the development identity provider at
+<a href="{root}/auth/login"><code>/auth/login</code></a>, pick one of these users, and call the API with the
+token (<code>Authorization: Bearer …</code>)."""
+        else:
+            how = """The development login is off on this server (it is on under <code>nara demo</code>, or with
+<code>NARA_DEV_IDP=true</code>); use your region's identity provider, or
+<code>nara token --user ID</code> on the server, to get a token for one of these users."""
         demo = f"""<h2>Demo logins</h2>
 <p>The demo region is synthetic: a region shaped like Region Örebro län with its twelve municipalities, their
 health centres, hospital wards, home health care, home care and LSS units, staff with assignments
 (medarbetaruppdrag), and a few thousand people with chronic conditions, medications, lab results, care plans,
-home-monitoring series, consents and blocks. Log in through the development identity provider at
-<a href="{root}/auth/login"><code>/auth/login</code></a>, pick one of these users, and call the API with the
-token (<code>Authorization: Bearer …</code>). Each sees what the Patient Data Act lets them see.</p>
+home-monitoring series, consents and blocks. {how} Each sees what the Patient Data Act lets them see.</p>
 <table><thead><tr><th>Who</th><th>Logs in as</th><th>Can</th></tr></thead>
 <tbody>
 {_user_rows(users)}
