@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         help="first empty the database and bulk-load this many synthetic patients (bench.synth histories)",
     )
     ap.add_argument("--observations", type=int, default=1000, help="Observations per loaded patient (with --load)")
+    ap.add_argument("--note", default="", help="added to the record's note (e.g. how an existing database was loaded)")
+    ap.add_argument("--record-name", help="file name part of the record (default scale-probe[-<load>x<observations>])")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="nara-scale-"))
     env, token = dev_idp(work / "idp.json")
@@ -108,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                 sample["loadavg_1m"] = load[0] if load else None
                 samples.append(sample)
             s = summarize(samples)
+            loads = [x["loadavg_1m"] for x in samples if x.get("loadavg_1m") is not None]
+            machine_load = f", machine load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
             results[label] = (
                 f"{s['throughput']:.0f} requests/s, p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
-                f"p99 {s['p99_ms']:.1f} ms, errors {s['error_rate']:.1%} (spread {s['spread']:.0%})"
+                f"p99 {s['p99_ms']:.1f} ms, errors {s['error_rate']:.1%} (spread {s['spread']:.0%}{machine_load})"
             )
             print(f"{label}: {results[label]}", flush=True)
     finally:
@@ -129,10 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             ),
             **results,
         },
-        "note": "patients drawn at random from the 200 with the most Observations" + loading,
+        "note": "patients drawn at random from the 200 with the most Observations"
+        + loading
+        + (f"; {args.note}" if args.note else ""),
     }
     RECORDS.mkdir(exist_ok=True)
-    name = f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe"
+    name = args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe")
     out = RECORDS / f"{date.today().isoformat()}-{name}.json"
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"Wrote {out}")
