@@ -10,13 +10,18 @@ names another binary). When it is missing these tests fail: they never skip.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
+import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import orjson
@@ -328,3 +333,112 @@ def test_callback_without_a_started_login_shows_a_readable_400_page(tab: Tab, li
     assert page.title() == "Logga in – Nära (utveckling)"
     assert tab.page_errors == []
     assert all("status of 400" in e for e in tab.console_errors), tab.console_errors
+
+
+class _AppCallback(BaseHTTPRequestHandler):
+    """A SMART app's redirect endpoint on another loopback port: records the query it was sent."""
+
+    received: list[str] = []
+
+    def do_GET(self) -> None:
+        type(self).received.append(self.path)
+        body = b"<!doctype html><html><head><title>App</title></head><body>signed in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def smart_app() -> Iterator[str]:
+    """A redirect URI served by a separate little web server, as a locally running SMART app would have."""
+    _AppCallback.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AppCallback)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/callback"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_smart_app_on_another_port_gets_a_code_through_the_browser_login_and_redeems_it_with_pkce(
+    tab: Tab, live_server: LiveServer, demo_region: list[DemoUser], smart_app: str
+) -> None:
+    """Standalone launch: the page's Content-Security-Policy lets the login form's redirect reach the app (Chromium
+    applies form-action to it), and the code is bound to the app's client id, redirect URI and PKCE verifier."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    params = {
+        "response_type": "code",
+        "client_id": "my-smart-app",
+        "redirect_uri": smart_app,
+        "scope": "openid fhirUser user/*.read",
+        "state": "app-state-1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "aud": live_server.url,
+    }
+    page = tab.page
+    response = page.goto(f"{live_server.root}/auth/authorize?{urlencode(params)}")
+    assert response is not None and response.status == 200
+    policy = response.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    assert f"form-action 'self' {smart_app.removesuffix('/callback')}" in policy
+    assert response.headers["referrer-policy"] == "no-referrer"
+    nurse = next(u for u in demo_region if u.key == "district-nurse")
+    page.locator("label", has_text=nurse.name).get_by_role("radio").check()
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(re.escape(smart_app) + r"\?"))
+    assert page.title() == "App"
+    assert_no_script_errors(tab)
+
+    (path,) = [p for p in _AppCallback.received if p.startswith("/callback")]  # (the browser also asks for a favicon)
+    query = parse_qs(urlsplit(path).query)
+    assert query["state"] == ["app-state-1"]
+    (code,) = query["code"]
+    token_url = f"{live_server.root}/auth/token"
+    form = {"grant_type": "authorization_code", "code": code, "client_id": "my-smart-app", "redirect_uri": smart_app}
+    granted = httpx.post(token_url, data={**form, "code_verifier": verifier}, timeout=10)
+    assert granted.status_code == 200, granted.text
+    claims = claims_of(granted.json()["access_token"], live_server)
+    assert claims["sub"] == nurse.sub and claims["assignment"] == nurse.assignment
+    assert fhir_get(live_server, "Patient?_count=1", granted.json()["access_token"]).status_code == 200
+    # The code is single use: replaying it (a stolen code) gets nothing.
+    replay = httpx.post(token_url, data={**form, "code_verifier": verifier}, timeout=10)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+
+
+def test_the_login_form_cannot_be_sent_to_a_redirect_uri_on_another_host(tab: Tab, live_server: LiveServer) -> None:
+    params = {
+        "response_type": "code",
+        "client_id": "my-smart-app",
+        "redirect_uri": "https://attacker.example/callback",
+        "state": "s",
+        "code_challenge": "x" * 43,
+        "code_challenge_method": "S256",
+    }
+    response = tab.page.goto(f"{live_server.root}/auth/authorize?{urlencode(params)}")
+    assert response is not None and response.status == 400
+    assert "redirect_uri must be a loopback or same-host" in tab.page.locator("body").inner_text()
+    assert tab.page.locator("form").count() == 0
+    assert "attacker.example" not in response.headers["content-security-policy"]
+
+
+def test_every_page_carries_the_security_headers(tab: Tab, live_server: LiveServer, empty_store: Store) -> None:
+    for path in ("/", "/auth/demo-callback?code=x&state=y"):
+        response = tab.page.goto(live_server.root + path)
+        assert response is not None
+        headers = response.headers
+        assert headers["content-security-policy"].startswith("default-src 'none'; style-src 'unsafe-inline'"), path
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
+        assert headers["referrer-policy"] == "no-referrer", path
+    assert tab.page_errors == []

@@ -28,6 +28,7 @@ from nara.server.http import (
     FhirResponse,
     check_accept,
     media_type,
+    page_headers,
     prefer,
     read_body,
     wants_pretty,
@@ -148,7 +149,8 @@ async def landing(request: Request) -> Response:
 
     users = await run_in_threadpool(demo_users_of, request.app.state.store)
     settings = request.app.state.settings
-    return HTMLResponse(landing_page(base_url(request, settings), users, settings.security.dev_idp))
+    page = landing_page(base_url(request, settings), users, settings.security.dev_idp)
+    return HTMLResponse(page, headers=page_headers())
 
 
 # The site icon browsers ask for on every page (a 404 there is an error in every visitor's console).

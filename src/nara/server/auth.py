@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, login_page, mint, public_jwks, redirect_with
 from nara.security.gate import Gate
+from nara.server.http import page_headers
 
 DEMO_CLIENT = "nara-demo"
 SCOPES_SUPPORTED = [
@@ -45,7 +46,7 @@ def _error_page(title: str, message: str, *, again: bool = False, status: int = 
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)} – Nära</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:2rem auto;padding:0 1rem}}</style></head><body>
 <h1>{escape(title)}</h1><p>{escape(message)}</p>{link}</body></html>"""
-    return HTMLResponse(html, status_code=status, headers=_NO_STORE)
+    return HTMLResponse(html, status_code=status, headers=page_headers(no_store=True))
 
 
 def _root(request: Request) -> str:
@@ -114,9 +115,23 @@ async def jwks(request: Request) -> Response:
 def _allowed_redirect(request: Request, uri: str) -> bool:
     """Development IdP: only loopback or same-host redirect URIs (no open redirects)."""
     parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or _origin(uri) is None:
         return False
     return parts.hostname in ("127.0.0.1", "localhost", "::1") or parts.netloc == request.headers.get("host")
+
+
+def _origin(uri: str) -> str | None:
+    """``scheme://host[:port]`` of a URL, rebuilt from its parsed parts (so nothing else of it can reach a header);
+    None when the port is not a number."""
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 def _demo_users(request: Request) -> list[dict[str, Any]]:
@@ -154,7 +169,9 @@ async def authorize(request: Request) -> Response:
             )
             if k in params
         }
-        return HTMLResponse(login_page(users, keep, idp.new_csrf()), headers=_NO_STORE)
+        # The form posts here and is then redirected to the client's redirect_uri (checked above).
+        headers = page_headers((_origin(keep["redirect_uri"]) or "",), no_store=True)
+        return HTMLResponse(login_page(users, keep, idp.new_csrf()), headers=headers)
     params = await _form(request)
     if not idp.take_csrf(params.get("csrf", "")):
         return _error_page("Expired form", "Reload the login page and try again.")
@@ -320,7 +337,7 @@ textarea{{width:100%;height:8rem;font-family:monospace}}</style></head><body>
 <textarea readonly id="token">{escape(access)}</textarea>
 <pre>curl -H "Authorization: Bearer $TOKEN" {escape(root)}/fhir/Patient?_count=5</pre>
 <p><a href="/">Back to the start page</a></p></body></html>"""
-    response = HTMLResponse(html, headers=_NO_STORE)
+    response = HTMLResponse(html, headers=page_headers(no_store=True))
     response.delete_cookie("nara_pkce", path="/auth")
     response.delete_cookie("nara_state", path="/auth")
     return response

@@ -119,3 +119,26 @@ class FhirResponse(Response):
             headers=headers,
             media_type=FHIR_JSON + "; charset=utf-8" if body is not None else None,
         )
+
+
+def page_headers(form_targets: tuple[str, ...] = (), *, no_store: bool = False) -> dict[str, str]:
+    """Security headers for Nära's own HTML pages (landing page, development login).
+
+    The pages carry no scripts and only inline styles, so the Content-Security-Policy allows nothing else;
+    ``form_targets`` are origins a form may post or redirect to beside the page's own (Chromium applies
+    ``form-action`` to the redirect after a post, e.g. the login's redirect to a SMART app on another port).
+    No referrer leaves the page (the login callback URL carries a one-time code).
+    """
+    form_action = " ".join(["'self'", *form_targets])
+    headers = {
+        "Content-Security-Policy": (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
+            f"form-action {form_action}; base-uri 'none'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+    if no_store:
+        headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+    return headers
