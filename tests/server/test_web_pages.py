@@ -209,10 +209,15 @@ def test_landing_page_lists_every_demo_login_and_its_links_work(
         if user.patient:
             assert user.patient in text
 
-    # Every link on the page answers as it says: the FHIR base asks for a token, the CapabilityStatement is open,
-    # the login link starts the login flow.
+    # Every link on the page answers as it says: the FHIR base asks for a token, the CapabilityStatement and the
+    # OpenAPI document are open, the login link starts the login flow.
     hrefs = page.locator("a[href]").evaluate_all("links => links.map(a => a.href)")
-    expected = {live_server.url: 401, f"{live_server.url}/metadata": 200, f"{live_server.root}/auth/login": 303}
+    expected = {
+        live_server.url: 401,
+        f"{live_server.url}/metadata": 200,
+        f"{live_server.root}/openapi.json": 200,
+        f"{live_server.root}/auth/login": 303,
+    }
     assert sorted(hrefs) == sorted(expected)
     for href, status in expected.items():
         answered = page.request.get(href, max_redirects=0).status

@@ -165,6 +165,13 @@ async def favicon(request: Request) -> Response:
     return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
+async def openapi(request: Request) -> Response:
+    from nara.server.openapi import openapi_document
+
+    root = base_url(request, request.app.state.settings).removesuffix(FHIR_PREFIX)
+    return JSONResponse(openapi_document(root))
+
+
 async def health(request: Request) -> Response:
     store: Store = request.app.state.store
 
@@ -218,6 +225,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         *auth.routes,
         Route("/", landing),
         Route("/favicon.ico", favicon),
+        Route("/openapi.json", openapi),
         Route("/healthz", health),
         Route("/noop", noop),
         Route(FHIR_PREFIX, fhir_endpoint, methods=methods),

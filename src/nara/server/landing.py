@@ -99,6 +99,8 @@ blocks, emergency access), and an audit record of every access.</p>
 <ul>
 <li>FHIR base URL: <a href="{base}"><code>{base}</code></a> (a bearer token is required)</li>
 <li>CapabilityStatement, open to all: <a href="{base}/metadata"><code>{base}/metadata</code></a></li>
+<li>The other endpoints (health, login and tokens, SMART discovery) in OpenAPI 3.1:
+<a href="{root}/openapi.json"><code>{root}/openapi.json</code></a></li>
 <li>API documentation: <code>docs/api.md</code>; the security model: <code>docs/security.md</code>
 (in the repository)</li>
 <li>Try the service catalogue: <code>{base}/HealthcareService?service-category=primarvard</code>,
