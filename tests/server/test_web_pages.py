@@ -258,6 +258,29 @@ def test_citizen_logs_in_in_the_browser_and_the_token_reads_only_their_own_recor
     ]
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "citizen", "guardian", "district-nurse", "municipal-nurse", "hospital-physician", "social-care-officer",
+        "auditor", "administrator",
+    ],
+)  # fmt: skip
+def test_each_demo_user_logs_in_in_the_browser_and_queries_the_api_with_the_token(
+    tab: Tab, live_server: LiveServer, demo_region: list[DemoUser], key: str
+) -> None:
+    user = next(u for u in demo_region if u.key == key)
+    token = log_in_through_the_browser(tab, live_server, user, demo_region)
+    assert_no_script_errors(tab)
+    claims = claims_of(token, live_server)
+    assert claims["sub"] == user.sub and claims["nara_kind"] == user.kind
+    assert claims.get("assignment") == user.assignment
+    answer = fhir_get(live_server, "Patient?_count=5", token)
+    assert answer.status_code == 200, answer.text
+    bundle = answer.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset"
+    assert fhir_get(live_server, "Patient?_count=5", token[:-4] + "AAAA").status_code == 401  # tampered
+
+
 def test_district_nurse_logs_in_in_the_browser_and_the_token_acts_in_their_assignment(
     tab: Tab, live_server: LiveServer, demo_region: list[DemoUser]
 ) -> None:

@@ -27,6 +27,14 @@ def _response(description: str, media: str | None = None, schema: dict[str, Any]
     return out
 
 
+def _form_body(properties: dict[str, Any], required: list[str], more: bool = False) -> dict[str, Any]:
+    """An ``application/x-www-form-urlencoded`` request body; ``more``: other string fields pass through."""
+    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties}
+    if more:
+        schema["additionalProperties"] = {"type": "string"}
+    return {"required": True, "content": {"application/x-www-form-urlencoded": {"schema": schema}}}
+
+
 _OAUTH_ERROR = {
     "type": "object",
     "required": ["error"],
@@ -125,22 +133,14 @@ def openapi_document(root: str) -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "The login form: issues a one-time code and redirects to the client",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/x-www-form-urlencoded": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["user", "csrf"],
-                                    "properties": {
-                                        "user": {"type": "string", "description": "the chosen demo user (JSON)"},
-                                        "csrf": {"type": "string", "description": "the form's one-time token"},
-                                    },
-                                    "additionalProperties": {"type": "string"},
-                                }
-                            }
+                    "requestBody": _form_body(
+                        {
+                            "user": {"type": "string", "description": "the chosen demo user (JSON)"},
+                            "csrf": {"type": "string", "description": "the form's one-time token"},
                         },
-                    },
+                        required=["user", "csrf"],
+                        more=True,
+                    ),
                     "responses": {
                         "303": {
                             "description": "redirect to `redirect_uri` with `code` and `state`",
@@ -154,29 +154,21 @@ def openapi_document(root: str) -> dict[str, Any]:
                 "post": {
                     "summary": "Token endpoint: `authorization_code` (with the PKCE verifier) or "
                     "`client_credentials` (HTTP Basic or form credentials)." + _DEV_ONLY,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/x-www-form-urlencoded": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["grant_type"],
-                                    "properties": {
-                                        k: {"type": "string"}
-                                        for k in (
-                                            "grant_type",
-                                            "code",
-                                            "redirect_uri",
-                                            "code_verifier",
-                                            "client_id",
-                                            "client_secret",
-                                            "scope",
-                                        )
-                                    },
-                                }
-                            }
+                    "requestBody": _form_body(
+                        {
+                            k: {"type": "string"}
+                            for k in (
+                                "grant_type",
+                                "code",
+                                "redirect_uri",
+                                "code_verifier",
+                                "client_id",
+                                "client_secret",
+                                "scope",
+                            )
                         },
-                    },
+                        required=["grant_type"],
+                    ),
                     "responses": {
                         "200": _response("an access token", _JSON, _TOKEN),
                         "400": _response("OAuth error: `invalid_grant`, `unsupported_grant_type`", _JSON, _OAUTH_ERROR),
