@@ -1020,8 +1020,9 @@ def scale(b: Bench, population: int, source: Path | None) -> None:
     ) as sc:
         if source is None or not source.exists():
             sc.skip(
-                "no scale data: the 1.4-million-person region comes from the demo-region generator (`nara demo`, "
-                "being built in another issue); generate it and pass --scale-source DIR"
+                "no scale data folder: the 1.4-million-person region is generated straight into PostgreSQL with "
+                "`nara generate --region skane --patients 1400000` (time in bench/records) and measured there with "
+                "`python -m bench.scale_probe`; pass --scale-source DIR to load an export with `nara import` instead"
             )
             return
         server = b.target.server
