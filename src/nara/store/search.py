@@ -997,14 +997,20 @@ class Searcher:
         # few resources of the compartment owned by someone else (found through their references).
         a = self.sql.alias()
         own = select(a.c.rid).where(a.c.patient_id == patient_id, *common(a)).order_by(a.c.rid).limit(limit + 1)
+        # The reference rows carry their resource's patient_id, so the foreign members are picked out of the
+        # patient's reference rows (index on target_id) before anything else: materialized, so the planner cannot
+        # instead walk every resource in rid order hoping to meet one (measured: 2.7 s for a patient with none).
+        ref = sp_reference
+        foreign = (
+            compartment_members(patient_id, types)
+            .where(or_(ref.c.patient_id.is_(None), ref.c.patient_id != patient_id))
+            .cte("foreign_members")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
         o = self.sql.alias()
         others = (
             select(o.c.rid)
-            .where(
-                o.c.rid.in_(compartment_members(patient_id, types)),
-                or_(o.c.patient_id.is_(None), o.c.patient_id != patient_id),
-                *common(o),
-            )
+            .where(o.c.rid.in_(select(foreign.c.rid)), *common(o))
             .order_by(o.c.rid)
             .limit(limit + 1)
         )
