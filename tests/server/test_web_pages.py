@@ -38,7 +38,7 @@ from nara.server import landing
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, reset_settings, shared_data_dir, truncate
 
-PATIENTS = 30  # enough for every demo login, small enough to generate in a few seconds
+PATIENTS = 60  # enough for every demo login with or without the official test numbers (30 was not without them)
 
 
 def chromium_path() -> str:
