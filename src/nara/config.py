@@ -65,6 +65,7 @@ class Settings:
             max_or_values=_env_int("NARA_MAX_OR_VALUES", 500),
             max_chain_depth=_env_int("NARA_MAX_CHAIN_DEPTH", 3),
             max_include=_env_int("NARA_MAX_INCLUDE", 1000),
+            total_limit=_env_int("NARA_TOTAL_LIMIT", 200),
             statement_timeout_ms=_env_int("NARA_STATEMENT_TIMEOUT_MS", 10_000),
             autocommit_reads=_env_bool("NARA_AUTOCOMMIT_READS", True),
             async_read_commit=_env_bool("NARA_ASYNC_READ_COMMIT", True),

@@ -163,6 +163,21 @@ def test_total_none_omits_the_count(store: Store) -> None:
     assert search(store, "Patient", "_total=none").total is None
 
 
+def test_without_total_in_the_query_counting_stops_at_the_limit(store: Store) -> None:
+    """A population query must not count every match on every page: without ``_total`` the count stops after
+    ``total_limit`` matches and a larger result carries no total; asking for it still counts them all."""
+    load(store, *people(8))
+    store.settings.total_limit = 5
+    first = search(store, "Patient", "_count=2")
+    assert first.total is None and len(first.matches) == 2 and first.next_cursor
+    assert search(store, "Patient", "_count=2&_total=accurate").total == 8
+    assert search(store, "Patient", "_summary=count").total == 8
+    assert search(store, "Patient", "_count=0").total == 8
+    assert search(store, "Patient", "_id=p01,p02,p03,p04,p05&_count=2").total == 5  # at the limit: exact
+    store.settings.total_limit = 0  # off: every search counts
+    assert search(store, "Patient", "_count=2").total == 8
+
+
 def test_total_rejects_unknown_mode(store: Store) -> None:
     with pytest.raises(FhirError):
         search(store, "Patient", "_total=maybe", strict=True)

@@ -870,7 +870,9 @@ class Searcher:
         want_total = q.total or settings.default_total
         if q.summary == "count" or count == 0:
             want_total = "accurate"
-        if want_total != "none":
+        if want_total == "accurate" and q.total is None and q.summary != "count" and count > 0 and settings.total_limit:
+            total = self._count_up_to(conds, a, settings.total_limit)
+        elif want_total != "none":
             total = self._count(conds, a, want_total)
         matches: list[Stored] = []
         next_cursor = prev_cursor = None
@@ -902,6 +904,12 @@ class Searcher:
             explain["milliseconds"] = round((time.perf_counter() - t0) * 1000, 3)
             result.explain = explain
         return result
+
+    def _count_up_to(self, conds: list[ColumnElement[bool]], a: Alias, limit: int) -> int | None:
+        """The number of matches when it is at most ``limit``, else None (counting stops after limit + 1)."""
+        first = select(a.c.rid).where(*conds).limit(limit + 1).subquery()
+        n = int(self.tx.conn.execute(select(func.count()).select_from(first)).scalar_one())
+        return n if n <= limit else None
 
     def _count(self, conds: list[ColumnElement[bool]], a: Alias, mode: str) -> int:
         stmt = select(func.count()).select_from(a).where(*conds)
@@ -1009,10 +1017,7 @@ class Searcher:
         )
         o = self.sql.alias()
         others = (
-            select(o.c.rid)
-            .where(o.c.rid.in_(select(foreign.c.rid)), *common(o))
-            .order_by(o.c.rid)
-            .limit(limit + 1)
+            select(o.c.rid).where(o.c.rid.in_(select(foreign.c.rid)), *common(o)).order_by(o.c.rid).limit(limit + 1)
         )
         both = union_all(select(own.subquery().c.rid), select(others.subquery().c.rid)).subquery()
         page = select(both.c.rid).order_by(both.c.rid).limit(limit + 1)

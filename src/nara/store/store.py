@@ -27,6 +27,11 @@ class StoreSettings:
     max_include: int = 1000
     max_conditional_delete: int = 100
     default_total: str = "accurate"
+    # Without ``_total`` in the query the count stops after this many matches: a larger result carries no
+    # Bundle.total (a population query would otherwise count every match on every page, so its cost grew with
+    # the data; measured at 11,500 patients: 616 ms counting all, 26 ms with this limit, 7 ms with no count).
+    # ``_total=accurate`` always counts all; 0 turns the limit off (NARA_TOTAL_LIMIT).
+    total_limit: int = 200
     statement_timeout_ms: int = 10_000
     # PostgreSQL: read requests in autocommit on a separate pool, and their audit records committed without
     # waiting for the WAL flush (a killed Nära process loses nothing; a PostgreSQL crash could lose the last
