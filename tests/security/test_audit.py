@@ -17,10 +17,12 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 
+from nara.config import Settings
 from nara.security import audit
 from nara.security.schema import audit_access, audit_event, audit_review, drop_guard_statements, install_guards
+from nara.server.app import create_app
 from nara.store.store import Store
-from tests.conftest import Backend, _free_port, token
+from tests.conftest import Backend, LiveServer, _free_port, token
 from tests.security.region import JSON, VC, Region, actor, build_region, consent, observation
 
 
@@ -70,6 +72,15 @@ def test_r_log_1_writes_are_logged_in_the_same_transaction(region: Region, store
     r = region.as_(region.staff["vc"].token()).post("Observation", content=orjson.dumps(bad), headers=JSON)
     assert r.status_code == 400
     assert len(events(store)) == before
+
+
+def test_r_log_1_a_second_app_on_the_same_store_logs_each_write_once(
+    region: Region, store: Store, live_server: LiveServer
+) -> None:
+    create_app(Settings(database_url=live_server.settings.database_url), store)  # e.g. a second worker app
+    created = region.post(observation(region.patients["anna"], "8867-4", 72), region.staff["vc"].token())
+    ev = events(store, action="create", resource_id=created["id"])
+    assert len(ev) == 1 and ev[0].user_id == region.staff["vc"].hsa
 
 
 def test_r_log_2_records_cannot_be_changed_or_deleted(region: Region, store: Store) -> None:

@@ -92,6 +92,9 @@ class Gate:
             issuers.append(Issuer(DEV_ISSUER, settings.audience, keys=key_set(key)))
         self.validator = TokenValidator(issuers)
         self.resolver = ActorResolver(store)
+        # One audit hook per store: a second gate on the same store (a second app) replaces the first one's
+        # hook instead of auditing every write twice. The hook reads everything from the transaction's policy.
+        store.write_hooks[:] = [h for h in store.write_hooks if not isinstance(getattr(h, "__self__", None), Gate)]
         store.write_hooks.append(self._audit_write)
         self._stop = threading.Event()
         self._sealer: threading.Thread | None = None
