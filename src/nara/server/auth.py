@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, login_page, mint, public_jwks, redirect_with
 from nara.security.gate import Gate
-from nara.server.http import page_headers
+from nara.server.http import NO_STORE, page_headers
 
 DEMO_CLIENT = "nara-demo"
 SCOPES_SUPPORTED = [
@@ -36,7 +36,6 @@ SCOPES_SUPPORTED = [
     "user/*.read",
     "system/*.read",
 ]
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def _error_page(title: str, message: str, *, again: bool = False, status: int = 400) -> HTMLResponse:
@@ -218,7 +217,7 @@ async def _form(request: Request, limit: int = 64 * 1024) -> dict[str, str]:
 
 
 def _token_error(error: str, description: str, status: int = 400) -> Response:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=_NO_STORE)
+    return JSONResponse({"error": error, "error_description": description}, status_code=status, headers=NO_STORE)
 
 
 async def token(request: Request) -> Response:
@@ -260,7 +259,7 @@ async def token(request: Request) -> Response:
         }
         if kind in ("citizen", "proxy") and claims.get("patient_id"):
             body["patient"] = claims["patient_id"]  # SMART launch context
-        return JSONResponse(body, headers=_NO_STORE)
+        return JSONResponse(body, headers=NO_STORE)
     if grant == "client_credentials":
         expected = idp.clients.get(client_id)
         if not expected or not secrets.compare_digest(expected.encode(), secret.encode()):
@@ -268,7 +267,7 @@ async def token(request: Request) -> Response:
         scope = form.get("scope") or "system/*.cruds"
         access = mint(idp.key, client_id, "system", audience=idp.audience, scope=scope)
         return JSONResponse(
-            {"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": scope}, headers=_NO_STORE
+            {"access_token": access, "token_type": "Bearer", "expires_in": 3600, "scope": scope}, headers=NO_STORE
         )
     return _token_error("unsupported_grant_type", "Use authorization_code (with PKCE) or client_credentials")
 

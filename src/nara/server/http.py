@@ -15,6 +15,7 @@ JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhi
 XML_TYPES = ("application/fhir+xml", "application/xml", "text/xml", "application/xml+fhir")
 PATCH_JSON = "application/json-patch+json"
 FORM = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # for tokens and the pages that show them
 
 
 def media_type(header: str | None) -> str:
@@ -140,5 +141,5 @@ def page_headers(form_targets: tuple[str, ...] = (), *, no_store: bool = False) 
         "Referrer-Policy": "no-referrer",
     }
     if no_store:
-        headers.update({"Cache-Control": "no-store", "Pragma": "no-cache"})
+        headers.update(NO_STORE)
     return headers
