@@ -236,16 +236,22 @@ def test_landing_page_lists_every_demo_login_and_its_links_work(
     assert_no_script_errors(tab)
 
 
+def log_in_as(tab: Tab, live: LiveServer, users: list[DemoUser], key: str) -> tuple[DemoUser, str, dict[str, object]]:
+    """Log in as the demo user ``key`` through the browser; the user, the token, and its checked claims."""
+    user = next(u for u in users if u.key == key)
+    token = log_in_through_the_browser(tab, live, user, users)
+    assert_no_script_errors(tab)
+    claims = claims_of(token, live)
+    assert claims["sub"] == user.sub and claims["nara_kind"] == user.kind and claims["name"] == user.name
+    assert claims.get("assignment") == user.assignment
+    return user, token, claims
+
+
 def test_citizen_logs_in_in_the_browser_and_the_token_reads_only_their_own_record(
     tab: Tab, live_server: LiveServer, demo_region: list[DemoUser]
 ) -> None:
-    citizen = next(u for u in demo_region if u.key == "citizen")
-    token = log_in_through_the_browser(tab, live_server, citizen, demo_region)
-    assert_no_script_errors(tab)
-
-    claims = claims_of(token, live_server)
-    assert claims["iss"] == DEV_ISSUER and claims["aud"] == "nara"
-    assert claims["sub"] == citizen.sub and claims["nara_kind"] == "citizen" and claims["name"] == citizen.name
+    citizen, token, claims = log_in_as(tab, live_server, demo_region, "citizen")
+    assert claims["iss"] == DEV_ISSUER and claims["aud"] == "nara" and claims["nara_kind"] == "citizen"
 
     assert fhir_get(live_server, "Patient", None).status_code == 401
     answer = fhir_get(live_server, "Patient?_count=50", token)
@@ -268,12 +274,7 @@ def test_citizen_logs_in_in_the_browser_and_the_token_reads_only_their_own_recor
 def test_each_demo_user_logs_in_in_the_browser_and_queries_the_api_with_the_token(
     tab: Tab, live_server: LiveServer, demo_region: list[DemoUser], key: str
 ) -> None:
-    user = next(u for u in demo_region if u.key == key)
-    token = log_in_through_the_browser(tab, live_server, user, demo_region)
-    assert_no_script_errors(tab)
-    claims = claims_of(token, live_server)
-    assert claims["sub"] == user.sub and claims["nara_kind"] == user.kind
-    assert claims.get("assignment") == user.assignment
+    _user, token, _claims = log_in_as(tab, live_server, demo_region, key)
     answer = fhir_get(live_server, "Patient?_count=5", token)
     assert answer.status_code == 200, answer.text
     bundle = answer.json()
@@ -284,13 +285,8 @@ def test_each_demo_user_logs_in_in_the_browser_and_queries_the_api_with_the_toke
 def test_district_nurse_logs_in_in_the_browser_and_the_token_acts_in_their_assignment(
     tab: Tab, live_server: LiveServer, demo_region: list[DemoUser]
 ) -> None:
-    nurse = next(u for u in demo_region if u.key == "district-nurse")
-    token = log_in_through_the_browser(tab, live_server, nurse, demo_region)
-    assert_no_script_errors(tab)
-
-    claims = claims_of(token, live_server)
-    assert claims["sub"] == nurse.sub and claims["nara_kind"] == "staff"
-    assert claims["assignment"] == nurse.assignment and claims["name"] == nurse.name
+    nurse, token, claims = log_in_as(tab, live_server, demo_region, "district-nurse")
+    assert claims["nara_kind"] == "staff" and claims["assignment"]
 
     answer = fhir_get(live_server, "Patient?_count=1", token)
     assert answer.status_code == 200, answer.text
