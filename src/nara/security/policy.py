@@ -33,21 +33,25 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     DateTime,
     String,
     and_,
     bindparam,
+    column,
     exists,
     false,
-    literal,
+    literal_column,
     not_,
-    null,
     or_,
     select,
+    text,
     true,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import Alias
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from nara.fhir.canonical import BASE
 from nara.fhir.outcome import FhirError
@@ -125,13 +129,77 @@ def _late(name: str, type_: Any = None, expanding: bool = False) -> Any:
     )
 
 
-def _list_param(name: str, values: list[str]) -> Any:
-    """A fixed list of our own constants (resource type names), rendered into the SQL text rather than bound:
-    fewer parameters keep the statement within the driver's parse cache."""
-    return bindparam(name, values, expanding=True, literal_execute=True)
+def _constants(values: list[str] | tuple[str, ...]) -> list[Any]:
+    """A fixed list of our own constants (resource type names) written into the SQL text: nothing to bind or
+    re-render per execution, and fewer parameters keep the statement within the driver's parse cache."""
+    if not all(v.isascii() and v.isalpha() for v in values):
+        raise ValueError("only resource type names can be written into the SQL text")
+    return [literal_column(f"'{v}'", String()) for v in values]
 
 
 RowFilter = Callable[[Alias, "str | None"], "ColumnElement[bool] | None"]
+
+# A patient's care relationship at my unit and their access rules, as one constant statement: read for every
+# patient-scoped search, so its text never changes (the driver prepares it) and nothing is rebuilt per request.
+_PATIENT_RULES = text(
+    "SELECT 'care' AS kind, unit, NULL AS org, NULL AS employee, starts, ends, "
+    "0 = 1 AS exempt_alerts, 0 = 1 AS exempt_medication "
+    "FROM care_relation WHERE patient_id = :patient AND unit = :unit "
+    "UNION ALL SELECT kind, unit, org, employee, starts, ends, exempt_alerts, exempt_medication "
+    "FROM pdl_rule WHERE patient_id = :patient AND kind IN ('consent', 'emergency', 'block', 'break')"
+).columns(
+    column("kind", String()),
+    column("unit", String()),
+    column("org", String()),
+    column("employee", String()),
+    column("starts", DateTime()),
+    column("ends", DateTime()),
+    column("exempt_alerts", Boolean()),
+    column("exempt_medication", Boolean()),
+)
+
+
+class ShapedCondition(ColumnElement[bool]):
+    """A cached read filter whose SQL cache key is the actor's shape, not its expression tree.
+
+    SQLAlchemy derives a statement's cache key by walking the whole expression on every execution; for the
+    policy filter (a few hundred nodes) that walk cost more than the rest of a read by id. The filter is
+    built once per shape (``Policy._filter``) and every value in it is a constant or bound late from the
+    active policy, so the shape identifies its SQL completely and the walk can be skipped.
+    """
+
+    inherit_cache = False
+    type = Boolean()
+    # Traversals (copying, finding children and FROM objects) see the condition; the cache key does not.
+    _traverse_internals = [
+        ("condition", InternalTraversal.dp_clauseelement),
+        ("shape", InternalTraversal.dp_plain_obj),
+        ("table", InternalTraversal.dp_clauseelement),
+    ]
+    _cache_key_traversal = [
+        ("shape", InternalTraversal.dp_plain_obj),
+        ("table", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, condition: ColumnElement[bool], shape: tuple[Any, ...], table: Any) -> None:
+        self.condition = condition
+        self.shape = shape
+        self.table = table
+
+    @property
+    def _from_objects(self) -> list[Any]:
+        return self.condition._from_objects
+
+    def self_group(self, against: Any = None) -> ColumnElement[Any]:
+        grouped = self.condition.self_group(against=against)
+        if grouped is self.condition:
+            return self
+        return ShapedCondition(grouped, (*self.shape, "grouped"), self.table)
+
+
+@compiles(ShapedCondition)
+def _compile_shaped(element: ShapedCondition, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.condition, **kw))
 
 
 def _active(t: Any, now: Any) -> ColumnElement[bool]:
@@ -159,7 +227,6 @@ class Policy:
             "provider": a.provider if a else "",
             "practitioner": actor.practitioner or "",
             "patient": actor.patient or "",
-            "own_scope": [a.unit, a.provider] if a else [],
             "scope_types": sorted(types) if types else [],
         }
         self.shape = (
@@ -196,6 +263,8 @@ class Policy:
         if has_types is not None:
             scope_cond = a.c.res_type.in_(_late("scope_types", expanding=True)) if has_types else false()
             cond = scope_cond if cond is None else and_(scope_cond, cond)
+        if cond is not None:
+            cond = ShapedCondition(cond, (self.shape, blocked_rows), a)
         if len(_FILTERS) >= _FILTERS_MAX:
             _FILTERS.clear()
         _FILTERS[key] = cond
@@ -209,34 +278,7 @@ class Policy:
             return found
         asg = self.actor.assignment
         assert asg is not None
-        rows = tx.conn.execute(
-            select(
-                literal("care").label("kind"),
-                care_relation.c.unit,
-                null().label("org"),
-                null().label("employee"),
-                care_relation.c.starts,
-                care_relation.c.ends,
-                literal(False).label("exempt_alerts"),
-                literal(False).label("exempt_medication"),
-            )
-            .where(care_relation.c.patient_id == patient, care_relation.c.unit == asg.unit)
-            .union_all(
-                select(
-                    pdl_rule.c.kind,
-                    pdl_rule.c.unit,
-                    pdl_rule.c.org,
-                    pdl_rule.c.employee,
-                    pdl_rule.c.starts,
-                    pdl_rule.c.ends,
-                    pdl_rule.c.exempt_alerts,
-                    pdl_rule.c.exempt_medication,
-                ).where(
-                    pdl_rule.c.patient_id == patient,
-                    pdl_rule.c.kind.in_(["consent", "emergency", "block", "break"]),
-                )
-            )
-        ).all()
+        rows = tx.conn.execute(_PATIENT_RULES, {"patient": patient, "unit": asg.unit}).all()
         self.patient_facts[patient] = list(rows)
         return self.patient_facts[patient]
 
@@ -254,6 +296,16 @@ class Policy:
         emergency = any(r.kind == "emergency" and self._mine(r) for r in rows)
         return emergency and not any(r.kind == "consent" and self._mine(r) for r in rows)
 
+    def _pins_patient_rules(self) -> bool:
+        """Whether ``pinned_filter`` works from the patient's rules (staff caring under a readable rule store)."""
+        asg = self.actor.assignment
+        return self.actor.kind == "staff" and asg is not None and asg.purpose == PURPOSE_CARE and self.rules_available
+
+    def prefetch(self, tx: Tx, patient: str) -> None:
+        """Read the patient's rules now, if a patient-scoped search will need them (before its statements run)."""
+        if self._pins_patient_rules():
+            self.patient_rules(tx, patient)
+
     def pinned_filter(self, tx: Tx, a: Alias, patient: str, suppressed: bool = False) -> ColumnElement[bool] | None:
         """The read filter for rows that all belong to ``patient`` (a patient-scoped search).
 
@@ -265,7 +317,7 @@ class Policy:
         """
         actor = self.actor
         asg = actor.assignment
-        if actor.kind != "staff" or asg is None or asg.purpose != PURPOSE_CARE or not self.rules_available:
+        if not self._pins_patient_rules() or asg is None:
             return self.suppressed_filter(a) if suppressed else self.row_filter(a)
         rows = self.patient_rules(tx, patient)
         me = actor.practitioner or ""
@@ -322,7 +374,7 @@ class Policy:
             return false() if blocked_rows else None
         if actor.kind == "system":
             return false() if blocked_rows else None
-        public = a.c.res_type.in_(_list_param("public_types", PUBLIC_LIST))
+        public = a.c.res_type.in_(_constants(PUBLIC_LIST))
         if actor.kind in ("citizen", "proxy"):
             if blocked_rows or not actor.patient:
                 return false() if blocked_rows else public
@@ -413,14 +465,14 @@ class Policy:
             b.c.patient_id == a.c.patient_id,
             b.c.kind == "block",
             or_(b.c.org == a.c.owner_org, b.c.org == a.c.owner_unit),
-            b.c.org.not_in(_late("own_scope", expanding=True)),
+            b.c.org.not_in([_late("unit"), _late("provider")]),
             or_(b.c.starts.is_(None), a.c.last_updated >= b.c.starts),
             or_(b.c.ends.is_(None), a.c.last_updated <= b.c.ends),
-            not_(and_(b.c.exempt_alerts == true(), a.c.res_type.in_(_list_param("alert_types", list(ALERT_TYPES))))),
+            not_(and_(b.c.exempt_alerts == true(), a.c.res_type.in_(_constants(ALERT_TYPES)))),
             not_(
                 and_(
                     b.c.exempt_medication == true(),
-                    a.c.res_type.in_(_list_param("medication_types", list(MEDICATION_TYPES))),
+                    a.c.res_type.in_(_constants(MEDICATION_TYPES)),
                 )
             ),
             not_(broken),

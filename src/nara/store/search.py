@@ -818,8 +818,15 @@ class Searcher:
 
     def search(self, q: SearchQuery, compartment: tuple[str, str] | None = None) -> SearchResult:
         """One page of matches of ``q`` (in the Patient ``compartment`` if given), with includes and total."""
-        with self._time_limit(), self._custom_plans():
-            return self._search(q, compartment)
+        with self._time_limit():
+            if self.policy is not None and q.resource_type is not None:
+                # The pinned patient's access rules are read by one constant statement: read them before the
+                # search statements turn the driver's preparing off, so that statement keeps its prepared plan.
+                patient = self._pinned_patient(q, compartment)
+                if patient is not None:
+                    self.policy.prefetch(self.tx, patient)
+            with self._custom_plans():
+                return self._search(q, compartment)
 
     @contextmanager
     def _custom_plans(self) -> Iterator[None]:
