@@ -136,9 +136,8 @@ def _record_sql(dialect: str, accesses: int, lookup_protected: bool = True) -> t
     return event, access
 
 
-def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
-    """Insert one audit record (event + accesses) in the caller's transaction; returns its seq."""
-    at = at or now_utc()
+def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[Access]]:
+    """The event's column values and its distinct accesses (one per patient, owner, access type and action)."""
     actor = rec.actor
     a = actor.assignment
     flags = set(rec.flags)
@@ -170,6 +169,13 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
         "flags": ",".join(sorted(flags)) or None,
         "patient_count": len({x.patient_id for x in accesses}),
     }
+    return params, accesses
+
+
+def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
+    """Insert one audit record (event + accesses) in the caller's transaction; returns its seq."""
+    at = at or now_utc()
+    params, accesses = _event_params(rec, at)
     dialect = conn.dialect.name
     if dialect != "postgresql" and accesses and rec.lookup_protected:
         # SQLite: mark protected identity (R-ID-3) here; on PostgreSQL the insert statement does it.
@@ -198,6 +204,66 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
             [{"seq": seq, "recorded_at": at, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in accesses],
         )
     return seq
+
+
+_MANY_TYPES = {"recorded_at": "timestamp", "patient_count": "int", "protected": "bool"}
+
+
+@cache
+def _record_many_sql() -> str:
+    """PostgreSQL: any number of audit records in one statement, passed as two JSON documents.
+
+    The records' seqs are drawn first (a materialized CTE, so each record draws one), then the events and
+    their accesses are inserted; protected identity (R-ID-3) is looked up by the statement, as in ``record``.
+    The text never changes with the number of records, so the driver prepares it once; one JSON parameter
+    per table costs the driver far less than one array per column.
+    """
+
+    def columns(names: tuple[str, ...]) -> str:
+        return ", ".join(["ord int", *(f"{c} {_MANY_TYPES.get(c, 'text')}" for c in names)])
+
+    event_values = [f"i.{c}" for c in _EVENT_COLUMNS]
+    event_values[_EVENT_COLUMNS.index("flags")] = (
+        "NULLIF(concat_ws(',', i.flags, CASE WHEN position('protected-identity' IN coalesce(i.flags, '')) = 0 "
+        "AND EXISTS (SELECT 1 FROM acc WHERE acc.ord = i.ord AND acc.protected) THEN 'protected-identity' END), '')"
+    )
+    return (
+        "WITH items AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('audit_event', 'seq')) AS seq, u.* "
+        f"FROM json_to_recordset(%(events)s::json) AS u({columns(_EVENT_COLUMNS)})), "
+        "acc AS MATERIALIZED (SELECT v.ord, v.patient_id, v.owner_org, v.owner_unit, v.access_type, "
+        "v.protected OR EXISTS (SELECT 1 FROM pdl_rule p WHERE p.kind = 'protected' AND p.patient_id = v.patient_id) "
+        f"AS protected, v.action FROM json_to_recordset(%(accesses)s::json) AS v({columns(_ACCESS_COLUMNS)})), "
+        f"ev AS (INSERT INTO audit_event (seq, {', '.join(_EVENT_COLUMNS)}) "
+        f"SELECT i.seq, {', '.join(event_values)} FROM items i), "
+        f"ac AS (INSERT INTO audit_access (seq, recorded_at, {', '.join(_ACCESS_COLUMNS)}) "
+        "SELECT i.seq, i.recorded_at, acc.patient_id, acc.owner_org, acc.owner_unit, acc.access_type, acc.protected, "
+        "acc.action FROM acc JOIN items i ON i.ord = acc.ord) "
+        "SELECT ord, seq FROM items"
+    )
+
+
+def record_many(conn: Connection, records: list[tuple[AuditRecord, datetime]]) -> list[int]:
+    """PostgreSQL: insert several audit records (each with its own time) in one statement; returns their seqs.
+
+    Every record must look protected identity up (``lookup_protected``); the others go through ``record``.
+    """
+    if conn.dialect.name != "postgresql":
+        raise ValueError("record_many is the PostgreSQL statement; use record() elsewhere")
+    events: list[dict[str, Any]] = []
+    accesses: list[dict[str, Any]] = []
+    for i, (rec, at) in enumerate(records):
+        if not rec.lookup_protected:
+            raise ValueError("record_many always looks protected identity up")
+        params, distinct = _event_params(rec, at)
+        params["ord"] = i
+        events.append(params)
+        accesses.extend({"ord": i, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in distinct)
+    seqs = dict(
+        conn.exec_driver_sql(
+            _record_many_sql(), {"events": orjson.dumps(events).decode(), "accesses": orjson.dumps(accesses).decode()}
+        ).all()
+    )
+    return [int(seqs[i]) for i in range(len(records))]
 
 
 # ---- hash chain -------------------------------------------------------------------------------

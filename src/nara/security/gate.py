@@ -20,6 +20,7 @@ from nara.fhir.outcome import FhirError
 from nara.fhir.query import QueryParser
 from nara.security import audit
 from nara.security.actors import SYSTEM, Actor
+from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
@@ -92,6 +93,7 @@ class Gate:
             issuers.append(Issuer(DEV_ISSUER, settings.audience, keys=key_set(key)))
         self.validator = TokenValidator(issuers)
         self.resolver = ActorResolver(store)
+        self.group_commit = GroupCommit()
         # One audit hook per store: a second gate on the same store (a second app) replaces the first one's
         # hook instead of auditing every write twice. The hook reads everything from the transaction's policy.
         store.write_hooks[:] = [h for h in store.write_hooks if not isinstance(getattr(h, "__self__", None), Gate)]
@@ -176,7 +178,11 @@ class Gate:
             accesses=self.accesses(tx, policy, rows),
             lookup_protected=policy.rules_available,
         )
-        audit.record(tx.conn, rec)
+        if tx.autocommit and tx.pg and rec.lookup_protected:
+            # A read on PostgreSQL: written before the request answers, together with concurrent reads' records.
+            self.group_commit.record(tx.conn, rec)
+        else:
+            audit.record(tx.conn, rec)
 
     def _audit_write(self, tx: Tx, method: str, st: Stored) -> None:
         """Write hook: queue each write made for a request; the queue becomes one record at flush time."""

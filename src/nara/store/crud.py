@@ -116,10 +116,12 @@ _RESOURCE_COLS = (
 class Tx:
     """The operations available inside one transaction."""
 
-    def __init__(self, store: Store, conn: Connection) -> None:
+    def __init__(self, store: Store, conn: Connection, autocommit: bool = False) -> None:
         self.store = store
         self.conn = conn
         self.pg = store.postgres
+        # True on PostgreSQL's autocommit read pool: every statement commits on its own.
+        self.autocommit = autocommit
         self.validate = store.validate
         # Hooks run after each successful write inside the same transaction (audit, access rules).
         self.after_write: list[Callable[[str, Stored], None]] = [partial(h, self) for h in store.write_hooks]

@@ -112,7 +112,8 @@ class Store:
         if records_audit and not self.postgres:
             write = True
         try:
-            engine = self.read_engine if (not write and self.read_engine is not None) else self.engine
+            autocommit = not write and self.read_engine is not None
+            engine = self.read_engine if autocommit and self.read_engine is not None else self.engine
             conn = engine.connect()
         except OperationalError as exc:
             raise FhirError(503, "transient", "The database is not reachable; nothing was changed") from exc
@@ -120,7 +121,7 @@ class Store:
             if write:
                 conn = conn.execution_options(nara_write=True)
             with conn.begin():
-                tx = Tx(self, conn)
+                tx = Tx(self, conn, autocommit)
                 for init in self.tx_hooks:
                     init(tx)
                 yield tx
