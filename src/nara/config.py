@@ -10,6 +10,19 @@ from nara.store.database import database_url
 from nara.store.store import StoreSettings
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+    if not value > 0:
+        raise SystemExit(f"{name} must be greater than zero, not {raw!r}")
+    return value
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -38,6 +51,7 @@ def _security_from_env() -> SecuritySettings:
         dev_clients=dict(_env_pairs("NARA_DEV_IDP_CLIENTS", ":")),
         log_extract_names=_env_bool("NARA_LOG_EXTRACT_NAMES", True),
         emergency_hours=_env_int("NARA_EMERGENCY_HOURS", 4),
+        seal_interval_seconds=_env_float("NARA_AUDIT_SEAL_SECONDS", 1.0),
     )
 
 
