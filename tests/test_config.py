@@ -1,0 +1,23 @@
+"""Settings from the environment: defaults, values, and a readable refusal of bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from nara.config import Settings
+
+
+def test_the_audit_seal_interval_defaults_to_a_second_and_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NARA_AUDIT_SEAL_SECONDS", raising=False)
+    assert Settings().security.seal_interval_seconds == 1.0
+    monkeypatch.setenv("NARA_AUDIT_SEAL_SECONDS", "0.25")
+    assert Settings().security.seal_interval_seconds == 0.25
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+def test_a_bad_audit_seal_interval_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("NARA_AUDIT_SEAL_SECONDS", value)
+    with pytest.raises(SystemExit, match="NARA_AUDIT_SEAL_SECONDS"):
+        Settings()
