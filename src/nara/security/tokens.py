@@ -24,6 +24,8 @@ from nara.fhir.outcome import FhirError
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 CLOCK_SKEW_SECONDS = 60
 JWKS_TTL_SECONDS = 300
+VERIFIED_SECONDS = 60.0  # how long a verified token is trusted before its signature is checked again
+VERIFIED_MAX = 10_000  # verified tokens remembered (the memory is dropped whole when it is full)
 
 
 def unauthorized(message: str) -> FhirError:
@@ -70,10 +72,35 @@ class Issuer:
 
 
 class TokenValidator:
+    """Validates bearer tokens; a token whose signature was verified is remembered for a short while.
+
+    Checking an RSA signature and decoding the token cost about a tenth of a read by id, and a client
+    sends the same token with every request until it expires. A verified token is therefore kept (by its
+    exact text) for ``VERIFIED_SECONDS``: each use still checks its expiry and not-before time, and after
+    that time the signature is verified again against the issuer's current keys (so a key the identity
+    provider withdraws stops working within that time). Tokens that fail are never kept.
+    """
+
     def __init__(self, issuers: list[Issuer]) -> None:
         self.issuers = {i.issuer: i for i in issuers}
+        self._verified: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
 
     def validate(self, token: str) -> dict[str, Any]:
+        now = time.time()
+        hit = self._verified.get(token)
+        if hit is not None and now - hit[0] < VERIFIED_SECONDS:
+            claims = hit[1]
+            _check_times(claims, now)
+            return dict(claims)
+        claims = self._verify(token)
+        with self._lock:
+            if len(self._verified) >= VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[token] = (now, claims)
+        return dict(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
         if not token or token.count(".") != 2:
             raise unauthorized("The bearer token is not a JWT")
         header, claims = _peek(token)
@@ -94,14 +121,7 @@ class TokenValidator:
             except (JoseError, ValueError) as e:
                 raise unauthorized(f"The token's signature is not valid ({e.__class__.__name__})") from None
         claims = dict(verified.claims)
-        now = time.time()
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        if not isinstance(exp, int | float):
-            raise unauthorized("The token has no expiry")
-        if exp < now - CLOCK_SKEW_SECONDS:
-            raise unauthorized("The token has expired")
-        if isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW_SECONDS:
-            raise unauthorized("The token is not valid yet")
+        _check_times(claims, time.time())
         aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
         if issuer.audience not in auds:
@@ -109,6 +129,16 @@ class TokenValidator:
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise unauthorized("The token has no subject")
         return claims
+
+
+def _check_times(claims: dict[str, Any], now: float) -> None:
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    if not isinstance(exp, int | float):
+        raise unauthorized("The token has no expiry")
+    if exp < now - CLOCK_SKEW_SECONDS:
+        raise unauthorized("The token has expired")
+    if isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW_SECONDS:
+        raise unauthorized("The token is not valid yet")
 
 
 def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
