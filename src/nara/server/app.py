@@ -92,8 +92,8 @@ async def fhir_endpoint(request: Request) -> Response:
         if path.strip("/") == "metadata" and method in ("GET", "HEAD"):
             outcome = await run_in_threadpool(_execute_public, store, ctx, req)
         else:
-            actor = await run_in_threadpool(gate.authenticate, request.headers.get("authorization"))
-            outcome = await run_in_threadpool(_execute, store, gate, actor, ctx, req)
+            authorization = request.headers.get("authorization")
+            outcome = await run_in_threadpool(_authenticate_and_execute, store, gate, authorization, ctx, req)
     except FhirError as exc:
         return error_response(exc, pretty)
     status = outcome.status
@@ -104,6 +104,13 @@ async def fhir_endpoint(request: Request) -> Response:
 def _execute_public(store: Store, ctx: Context, req: FhirRequest) -> Outcome:
     with store.transaction(write=False) as tx:
         return dispatch(tx, ctx, req)
+
+
+def _authenticate_and_execute(
+    store: Store, gate: Gate, authorization: str | None, ctx: Context, req: FhirRequest
+) -> Outcome:
+    """Identity, then the request, in one hand-off to the thread pool (each hand-off costs the event loop)."""
+    return _execute(store, gate, gate.authenticate(authorization), ctx, req)
 
 
 def _execute(store: Store, gate: Gate, actor: Actor, ctx: Context, req: FhirRequest) -> Outcome:
