@@ -83,3 +83,11 @@ def test_inverted_period_spans_both_values() -> None:
         dt(2026, 1, 1),
         dt(2026, 2, 1, 0, 0, 0, 999999),
     )
+
+
+def test_a_period_starting_the_year_after_it_ends_spans_both_years() -> None:
+    """start 2026, end 2025: the start begins the instant the end's year is over, and is still after it."""
+    assert period_range({"start": "2026", "end": "2025"}) == (
+        dt(2024, 12, 31, 23),
+        dt(2026, 12, 31, 22, 59, 59, 999999),
+    )

@@ -322,9 +322,13 @@ LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def period_interval(p: dict[str, Any]) -> tuple[datetime, datetime]:
-    """A Period's interval; one whose start is after its end (invalid in R4) spans both values."""
+    """A Period's interval; one whose start is after its end (invalid in R4) spans both values.
+
+    The intervals are half-open, so a start that begins exactly where the end's value ends (start 2026,
+    end 2025) is already after the end: the test is ``lo >= hi``.
+    """
     lo, hi = (interval(p["start"])[0] if "start" in p else EARLIEST, interval(p["end"])[1] if "end" in p else LATEST)
-    if lo > hi:
+    if lo >= hi:
         (s_lo, s_hi), (e_lo, e_hi) = interval(p["start"]), interval(p["end"])
         return min(s_lo, e_lo), max(s_hi, e_hi)
     return lo, hi
