@@ -178,6 +178,51 @@ def test_without_total_in_the_query_counting_stops_at_the_limit(store: Store) ->
     assert search(store, "Patient", "_count=2").total == 8
 
 
+def test_the_total_travels_with_the_page_in_one_statement(store: Store) -> None:
+    """The count (bounded or exact) is a column of the page statement: one statement per page, the same
+    totals, and a page past the end (by cursor) still knows the total."""
+    from sqlalchemy import event
+
+    load(store, *people(6))
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM resource" in statement:
+            statements.append(statement)
+
+    engines = {store.engine, store.read_engine or store.engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", seen)
+    try:
+        first = search(store, "Patient", "_count=3&_sort=_id")
+        assert first.total == 6 and [m.res_id for m in first.matches] == ["p00", "p01", "p02"]
+        assert len(statements) == 1
+        statements.clear()
+        assert search(store, "Patient", "_count=3&_total=accurate&family=Family01").total == 1
+        assert len(statements) == 1
+        second = search(store, "Patient", f"_count=3&_sort=_id&_cursor={first.next_cursor}")
+        assert second.total == 6 and [m.res_id for m in second.matches] == ["p03", "p04", "p05"]
+        assert second.next_cursor is None
+        empty = search(store, "Patient", "_count=3&family=Nobody")
+        assert empty.total == 0 and empty.matches == []
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", seen)
+
+
+def test_a_cursor_page_past_the_end_still_has_the_total(store: Store) -> None:
+    load(store, *people(4))
+    first = search(store, "Patient", "_count=2&_sort=_id")
+    second = search(store, "Patient", f"_count=2&_sort=_id&_cursor={first.next_cursor}")
+    assert second.next_cursor is None and second.prev_cursor
+    # The two remaining matches are deleted: the last page's cursor now points past the end.
+    with store.transaction() as tx:
+        tx.delete("Patient", "p02")
+        tx.delete("Patient", "p03")
+    past = search(store, "Patient", f"_count=2&_sort=_id&_cursor={first.next_cursor}")
+    assert past.matches == [] and past.total == 2
+
+
 def test_total_rejects_unknown_mode(store: Store) -> None:
     with pytest.raises(FhirError):
         search(store, "Patient", "_total=maybe", strict=True)

@@ -877,18 +877,35 @@ class Searcher:
         want_total = q.total or settings.default_total
         if q.summary == "count" or count == 0:
             want_total = "accurate"
-        if want_total == "accurate" and q.total is None and q.summary != "count" and count > 0 and settings.total_limit:
-            total = self._count_up_to(conds, a, settings.total_limit)
-        elif want_total != "none":
-            total = self._count(conds, a, want_total)
+        page = q.summary != "count" and count > 0
+        # Bounded: without _total the count stops after total_limit matches (no Bundle.total beyond it).
+        bound = settings.total_limit if (want_total == "accurate" and q.total is None and page) else 0
+        # An exact or bounded count travels with the page, as one more column of the page statement (an
+        # uncorrelated subquery, evaluated once): a round trip less for every search.
+        counted_with_page = page and want_total == "accurate" and not q.explain
+        if not counted_with_page:
+            if bound:
+                total = self._count_up_to(conds, a, bound)
+            elif want_total != "none":
+                total = self._count(conds, a, want_total)
         matches: list[Stored] = []
         next_cursor = prev_cursor = None
         explain = None
-        if q.summary != "count" and count > 0:
+        if page:
+            if counted_with_page:
+                cols.append(self._count_column(conds, a, bound))
             stmt: Select[Any] = select(*cols).where(*stmt_conds).order_by(*order).limit(count + 1)
             if q.explain:
                 explain = self._explain(stmt)
             rows = list(self.tx.conn.execute(stmt).all())
+            if counted_with_page:
+                if rows:
+                    n = int(rows[0].total_count)
+                    total = n if not bound or n <= bound else None
+                elif q.cursor:  # a page past the end: the count has no row to travel on
+                    total = self._count_up_to(conds, a, bound) if bound else self._count(conds, a, "accurate")
+                else:
+                    total = 0
             more = len(rows) > count
             rows = rows[:count]
             if not forward:
@@ -911,6 +928,18 @@ class Searcher:
             explain["milliseconds"] = round((time.perf_counter() - t0) * 1000, 3)
             result.explain = explain
         return result
+
+    def _count_column(self, conds: list[ColumnElement[bool]], a: Alias, limit: int) -> Any:
+        """The number of matches (up to ``limit + 1`` when a limit is given) as a column of the page statement.
+
+        The subquery names the page's alias in its own FROM, so it does not correlate with the page's rows:
+        in SQL the inner FROM item hides the outer one of the same name, and the database runs the subquery
+        once for the statement.
+        """
+        matches = select(a.c.rid).where(*conds).correlate(None)
+        if limit:
+            matches = matches.limit(limit + 1)
+        return select(func.count()).select_from(matches.subquery()).scalar_subquery().label("total_count")
 
     def _count_up_to(self, conds: list[ColumnElement[bool]], a: Alias, limit: int) -> int | None:
         """The number of matches when it is at most ``limit``, else None (counting stops after limit + 1)."""
