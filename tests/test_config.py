@@ -21,3 +21,18 @@ def test_a_bad_audit_seal_interval_is_refused_with_its_name(monkeypatch: pytest.
     monkeypatch.setenv("NARA_AUDIT_SEAL_SECONDS", value)
     with pytest.raises(SystemExit, match="NARA_AUDIT_SEAL_SECONDS"):
         Settings()
+
+
+def test_the_audit_sealer_is_a_thread_unless_told_that_another_process_seals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NARA_AUDIT_SEALER", raising=False)
+    assert Settings().security.sealer == "thread"
+    monkeypatch.setenv("NARA_AUDIT_SEALER", " External ")
+    assert Settings().security.sealer == "external"
+
+
+def test_an_unknown_audit_sealer_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NARA_AUDIT_SEALER", "cron")
+    with pytest.raises(SystemExit, match="NARA_AUDIT_SEALER must be one of thread, external"):
+        Settings()

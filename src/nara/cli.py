@@ -96,16 +96,28 @@ def serve(
 
         signing_key()  # create the development key once, before the workers start
     os.environ["NARA_DATABASE_URL"] = settings.database_url
+    sealer = None
+    if settings.security.sealer != "external":
+        from nara.security.sealer import EXTERNAL, start_process
+
+        # One sealer process for all workers (it ends with this process), instead of a thread in each.
+        sealer = start_process(settings.database_url, settings.security.seal_interval_seconds)
+        os.environ["NARA_AUDIT_SEALER"] = EXTERNAL
     console.print(f"Nära is running at [bold]http://{host}:{port}/[/] (FHIR base http://{host}:{port}/fhir)")
-    uvicorn.run(
-        "nara.server.asgi:app",
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,
-        proxy_headers=True,
-    )
+    try:
+        uvicorn.run(
+            "nara.server.asgi:app",
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            access_log=False,
+            proxy_headers=True,
+        )
+    finally:
+        if sealer is not None:
+            sealer.terminate()
+            sealer.join(timeout=10)
 
 
 @app.command("import")

@@ -10,6 +10,15 @@ from nara.store.database import database_url
 from nara.store.store import StoreSettings
 
 
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -52,6 +61,7 @@ def _security_from_env() -> SecuritySettings:
         log_extract_names=_env_bool("NARA_LOG_EXTRACT_NAMES", True),
         emergency_hours=_env_int("NARA_EMERGENCY_HOURS", 4),
         seal_interval_seconds=_env_float("NARA_AUDIT_SEAL_SECONDS", 1.0),
+        sealer=_env_choice("NARA_AUDIT_SEALER", ("thread", "external"), "thread"),
     )
 
 

@@ -35,6 +35,7 @@ from nara.security.actors import Actor
 from nara.security.schema import audit_access, audit_event, audit_review, pdl_rule
 
 GENESIS = "0" * 64
+SEAL_BATCH = 5000  # records chained per sealing transaction
 
 
 @dataclass
@@ -315,7 +316,7 @@ def _accesses_for(conn: Connection, seqs: list[int]) -> dict[int, list[Any]]:
     return out
 
 
-def seal(engine: Engine, limit: int = 5000, wait: bool = False) -> int:
+def seal(engine: Engine, limit: int = SEAL_BATCH, wait: bool = False) -> int:
     """Chain the oldest unsealed records; safe to call from several processes (one sealer at a time).
 
     With ``wait`` the call queues behind another sealer instead of returning 0 at once.

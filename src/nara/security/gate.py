@@ -8,7 +8,6 @@ before the response is sent, audits every write through a store hook, and logs d
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
 from nara.security.rules import PROTECTED_LABEL_SYSTEM, PROTECTED_LABELS
 from nara.security.schema import pdl_rule
+from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
 from nara.store.crud import Stored, Tx
 from nara.store.search import Searcher
@@ -46,6 +46,8 @@ class SecuritySettings:
     log_extract_names: bool = True
     emergency_hours: int = 4
     seal_interval_seconds: float = 1.0
+    # "thread": this process seals beside the app; "external": another process does (nara serve starts one).
+    sealer: str = "thread"
 
 
 def is_protected(res: dict[str, Any]) -> bool:
@@ -98,8 +100,7 @@ class Gate:
         # hook instead of auditing every write twice. The hook reads everything from the transaction's policy.
         store.write_hooks[:] = [h for h in store.write_hooks if not isinstance(getattr(h, "__self__", None), Gate)]
         store.write_hooks.append(self._audit_write)
-        self._stop = threading.Event()
-        self._sealer: threading.Thread | None = None
+        self._sealer = SealerThread(store.engine, settings.seal_interval_seconds)
 
     # ---- identity ------------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> Actor:
@@ -343,24 +344,11 @@ class Gate:
 
     # ---- sealing -------------------------------------------------------------------------------
     def start_sealer(self) -> None:
-        if self._sealer is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(self.settings.seal_interval_seconds):
-                try:
-                    audit.seal(self.store.engine)
-                except Exception:
-                    log.exception("sealing the audit chain failed")
-
-        self._sealer = threading.Thread(target=loop, name="nara-audit-sealer", daemon=True)
-        self._sealer.start()
+        if self.settings.sealer != EXTERNAL:
+            self._sealer.start()
 
     def stop_sealer(self) -> None:
-        self._stop.set()
-        if self._sealer is not None:
-            self._sealer.join(timeout=5)
-            self._sealer = None
+        self._sealer.stop()
 
 
 # ---- per-request wiring ---------------------------------------------------------------------------
