@@ -23,7 +23,7 @@ import orjson
 
 from bench import fhirclient, pgbaseline, profiles, synth
 from bench.loadgen import DELETE_CREATED, Req, run_wrk, write_plan
-from bench.results import Run, Scenario
+from bench.results import Run, Scenario, loadavg
 from bench.target import ROOT, NaraServer, Target, free_port, reset_database
 
 TX_SIZE = 100  # entries in the vital-signs transaction of issue 2
@@ -807,6 +807,7 @@ def database_mib(b: Bench) -> float | None:
 # ---- security overhead and the patient's log extract --------------------------------------------
 SECURITY_DB = "nara_bench_security"
 SECURITY_PATIENTS = 600
+SECURITY_SECONDS = 5  # per repetition, at least (two seconds leave one GC pause or checkpoint in charge)
 
 
 @dataclass
@@ -815,6 +816,7 @@ class SecurityFixture:
 
     server: NaraServer
     base_url: str
+    unaudited: NaraServer  # the same app and database, reads not audited (bench.unaudited_server)
     staff_token: str
     superuser_token: str
     reads: list[str]  # Observation ids the staff member may read (own unit, care relationship)
@@ -844,9 +846,15 @@ def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFix
     key_file = b.work_dir / "security-idp-key.json"
     env = {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
     key = devidp.signing_key(key_file)
-    workers = b.target.server.workers if b.target.server is not None else 2
-    server = NaraServer(url, free_port(), workers, b.work_dir / "security-server.log", env=env)
+    # One worker: the figures compare the cost of a request. With two, where wrk's keep-alive connections land
+    # decides the result (measured: the same superuser reads 956/s with all 8 connections on one worker,
+    # 1,900/s with 4 on each; uvicorn's workers race to accept, and one often takes most of a burst).
+    server = NaraServer(url, free_port(), 1, b.work_dir / "security-server.log", env=env)
     server.start(fresh=False)
+    unaudited = NaraServer(
+        url, free_port(), 1, b.work_dir / "security-unaudited.log", env=env, module="bench.unaudited_server"
+    )
+    unaudited.start(fresh=False)
     store = Store.from_url(url)
     try:
         nurse = next(u for u in demo_users(store) if u.key == "district-nurse")
@@ -883,25 +891,28 @@ def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFix
         store.dispose()
     if not reads or not pats:
         server.stop()
+        unaudited.stop()
         raise RuntimeError(f"the demo region has no data for {nurse.name}'s unit")
     staff = devidp.mint(key, nurse.sub, "staff", assignment=nurse.assignment, name=nurse.name, ttl=12 * 3600)
     superuser = devidp.mint(key, "nara-bench-superuser", "system", name="superuser (policy off)", ttl=12 * 3600)
-    return SecurityFixture(server, server.base_url, staff, superuser, reads, pats, codes)
+    return SecurityFixture(server, server.base_url, unaudited, staff, superuser, reads, pats, codes)
 
 
 def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> None:
-    """The same reads and searches as a staff member (full policy and audit) and as a superuser (a system
-    client: policy off, still audited), on the demo region; and the patient's log extract with many audit
-    records stored. Against another server, pass --staff-token and --superuser-token."""
+    """The same reads and searches as a staff member (full policy and audit), as a superuser (a system client:
+    policy off, still audited) and as a superuser on a twin server that writes no read audit; and the
+    patient's log extract with many audit records stored. Against another server, pass --staff-token and
+    --superuser-token (the audit-free twin is Nära's only)."""
     s = b.settings
     with b.run.scenario(
         "security",
         "Security overhead: a staff member under the full policy and audit vs a superuser",
         b.label,
         "Reads by id of observations the staff member may see, and patient-scoped searches "
-        "(Observation?patient=X&_count=20; Observation?patient=X&code=Y&_sort=-date&_count=20), first as a "
-        "superuser (system client, policy off) and then as the demo region's district nurse (care relationship, "
-        "consent and block checks inside the SQL, one audit record per request)",
+        "(Observation?patient=X&_count=20; Observation?patient=X&code=Y&_sort=-date&_count=20): as the demo "
+        "region's district nurse (care relationship, consent and block checks inside the SQL, one audit record "
+        "per request), as a superuser (system client, policy off, audited), and as the superuser on a twin "
+        "server without read audit; one worker each, repetitions taken in turn",
     ) as sc:
         if b.target.server is None and not (staff_token and superuser_token):
             sc.skip("another server: pass --staff-token and --superuser-token")
@@ -915,6 +926,11 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
             }
             target = Target("nara-security", base, database="postgresql", server=fx.server if fx else None)
             sub = Bench(b.run, target, s, b.label, b.work_dir)
+            bare: Bench | None = None
+            if fx:
+                twin = Target("nara-security-unaudited", fx.unaudited.base_url, database="postgresql")
+                twin.token = tokens["superuser"]
+                bare = Bench(b.run, twin, s, b.label, b.work_dir)
             rng = random.Random(7)
             reads = [Req("GET", sub.path(f"Observation/{rng.choice(fx.reads)}")) for _ in range(300)] if fx else []
             searches = []
@@ -933,32 +949,64 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                 if fx
                 else "as given"
             )
+            seconds = max(s.seconds, SECURITY_SECONDS)
+            conns = s.search_connections
             results: dict[str, dict[str, float]] = {}
             for kind, reqs in (("read", reads), ("search", searches)):
-                for who in ("superuser", "staff"):
-                    target.token = tokens[who]
-                    m = sc.measure(
-                        f"{kind}, {who}, {s.search_connections} connections",
-                        sub.wrk(reqs, s.search_connections),
-                        reps=s.reps,
+                runners: dict[str, Callable[[], tuple[dict[str, Any], str]]] = {}
+                if bare is not None:
+                    runners["unaudited"] = bare.wrk(reqs, conns, seconds=seconds)
+                runners["superuser"] = sub.wrk(reqs, conns, seconds=seconds)
+                runners["staff"] = sub.wrk(reqs, conns, seconds=seconds)
+                samples: dict[str, list[dict[str, Any]]] = {who: [] for who in runners}
+                commands: dict[str, str] = {}
+                for _ in range(s.reps):  # in turn, so that drift (the audit tables growing) hits all alike
+                    for who, runner in runners.items():
+                        if who != "unaudited":
+                            target.token = tokens[who]
+                        load = loadavg()
+                        sample, commands[who] = runner()
+                        sample["loadavg_1m"] = load[0] if load else None
+                        samples[who].append(sample)
+                for who in runners:
+                    label = {
+                        "unaudited": "superuser, server without read audit",
+                        "superuser": "superuser",
+                        "staff": "staff",
+                    }[who]
+                    m = sc.add(
+                        f"{kind}, {label}, {conns} connections",
+                        samples[who],
+                        commands[who],
                         unit="requests/s",
-                        params={"actor": who, "kind": kind, "connections": s.search_connections},
+                        params={"actor": who, "kind": kind, "connections": conns, "seconds": seconds},
                     )
                     summary = m.get("summary", {})
                     results.setdefault(kind, {})[who] = float(summary.get("throughput") or 0)
                     results[kind][f"{who}_p95"] = float(summary.get("p95_ms") or 0)
-            sc.record["extra"]["overhead"] = {
-                kind: {
-                    "throughput": round(1 - v["staff"] / v["superuser"], 3) if v.get("superuser") else None,
-                    "p95": round(v["staff_p95"] / v["superuser_p95"] - 1, 3) if v.get("superuser_p95") else None,
+
+            def cost(v: dict[str, float], who: str, base_who: str) -> dict[str, float | None]:
+                return {
+                    "throughput": round(1 - v[who] / v[base_who], 3) if v.get(base_who) else None,
+                    "p95": round(v[f"{who}_p95"] / v[f"{base_who}_p95"] - 1, 3) if v.get(f"{base_who}_p95") else None,
                 }
-                for kind, v in results.items()
-            }
+
+            # The policy's cost: staff against the audited superuser (both write an audit record).
+            sc.record["extra"]["overhead"] = {kind: cost(v, "staff", "superuser") for kind, v in results.items()}
+            if bare is not None:
+                # The audit record's own cost, and policy plus audit against a superuser with neither.
+                sc.record["extra"]["audit_overhead"] = {
+                    kind: cost(v, "superuser", "unaudited") for kind, v in results.items()
+                }
+                sc.record["extra"]["total_overhead"] = {
+                    kind: cost(v, "staff", "unaudited") for kind, v in results.items()
+                }
             if fx:
                 audit_extract(sc, sub, fx, b.settings.mode == "long")
         finally:
             if fx:
                 fx.server.stop()
+                fx.unaudited.stop()
 
 
 def audit_extract(sc: Any, sub: Bench, fx: SecurityFixture, long: bool) -> None:

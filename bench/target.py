@@ -68,6 +68,9 @@ class NaraServer:
     proc: subprocess.Popen[bytes] | None = None
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # extra environment (e.g. the development IdP)
+    # A Python module to run instead of ``nara serve`` (taking --database-url and --port; one worker), e.g.
+    # the security scenario's server without read audit (bench.unaudited_server).
+    module: str | None = None
 
     @property
     def command_line(self) -> str:
@@ -81,18 +84,31 @@ class NaraServer:
         if fresh:
             reset_database(self.database_url)
         nara = Path(sys.executable).with_name("nara")
-        self.command = [
-            str(nara),
-            "serve",
-            "--database-url",
-            self.database_url,
-            "--workers",
-            str(self.workers),
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
+        if self.module is not None:
+            if self.workers != 1:
+                raise ValueError(f"{self.module} runs one worker")
+            self.command = [
+                sys.executable,
+                "-m",
+                self.module,
+                "--database-url",
+                self.database_url,
+                "--port",
+                str(self.port),
+            ]
+        else:
+            self.command = [
+                str(nara),
+                "serve",
+                "--database-url",
+                self.database_url,
+                "--workers",
+                str(self.workers),
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         env = {**os.environ, **self.env}

@@ -252,3 +252,54 @@ def test_summary_is_the_median_of_repetitions_with_throughput_spread() -> None:
     assert s["spread"] == pytest.approx(20 / 110)
     assert s["flagged"] is False
     assert spread([5.0]) is None
+
+
+def security_run(tmp_path: Path, mode: str, records: int, extract_p95: float) -> Run:
+    run = Run(mode, f"python -m bench.run --{mode} --only security", ROOT, tmp_path)
+    with run.scenario("security", "Security overhead", "nara-postgresql") as sc:
+        for actor, thr in (("unaudited", 1200), ("superuser", 960), ("staff", 880)):
+            sc.add(
+                f"read, {actor}, 8 connections",
+                [sample(thr)] * 3,
+                "wrk -c8",
+                unit="requests/s",
+                params={"actor": actor, "kind": "read", "connections": 8},
+            )
+        sc.add(
+            f"log extract, {records:,} audit records, 4 connections",
+            [sample(200, p95=extract_p95)] * 3,
+            "wrk -c4",
+            unit="requests/s",
+            params={"kind": "log-extract", "audit_records": records, "connections": 4},
+        )
+        sc.record["extra"]["overhead"] = {"read": {"throughput": 0.083, "p95": -0.05}}
+        sc.record["extra"]["audit_overhead"] = {"read": {"throughput": 0.2, "p95": 0.01}}
+        sc.record["extra"]["total_overhead"] = {"read": {"throughput": 0.267, "p95": 0.16}}
+        sc.record["extra"]["audit_extract_load"] = {"audit_records": records, "per_patient": records // 10_000}
+    run.finish()
+    return run
+
+
+def test_security_targets_show_all_three_comparisons_against_the_goal(tmp_path: Path) -> None:
+    security_run(tmp_path, "quick", 1_000_000, 55.0)
+    doc = report.write(tmp_path, tmp_path / "performance.md").read_text()
+    section = doc.split("## Targets of issue 4 (security)", 1)[1].split("\n## ", 1)[0]
+    assert "| read throughput: policy + the staff audit record, against the superuser" in section
+    assert "| <= 15% | 8% | yes |" in section
+    assert "| read throughput: the audit record alone: superuser audited against not audited | (no goal) | 20% |" in (
+        section
+    )
+    assert "against the superuser with neither (policy off, not audited) | <= 15% | 27% | **no** |" in section
+    assert "not at 10 million records (long mode loads them)" in section
+
+
+def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_run(tmp_path: Path) -> None:
+    older = security_run(tmp_path, "long", 10_000_000, 120.0)
+    security_run(tmp_path, "quick", 1_000_000, 55.0)
+    doc = report.write(tmp_path, tmp_path / "performance.md").read_text()
+    section = doc.split("## Targets of issue 4 (security)", 1)[1].split("\n## ", 1)[0]
+    assert "| log extract, 1,000,000 audit records (about 100 per patient) |" in section
+    assert (
+        f"| log extract, 10,000,000 audit records (about 1000 per patient), run `{older.run_id}` "
+        "| p95 < 200 ms with 10 million records | p95 120.0 ms | yes |"
+    ) in section
