@@ -18,7 +18,8 @@ from nara.config import Settings
 from nara.security import audit
 from nara.security.sealer import SealerThread
 from nara.server.app import create_app
-from nara.store.database import create_engine, drop_database
+from nara.store.database import create_engine, drop_database, ensure_database
+from nara.store.migrate import upgrade
 from nara.store.store import Store
 from tests.conftest import Backend, ServerThread, token
 from tests.security.region import JSON
@@ -111,8 +112,13 @@ def test_nara_serve_seals_in_a_process_of_its_own_that_ends_when_the_server_is_k
             drop_database(url)
 
 
-def test_an_app_told_that_another_process_seals_leaves_its_records_to_it(store: Store) -> None:
-    settings = Settings(database_url="unused")
+def test_an_app_told_that_another_process_seals_leaves_its_records_to_it(backend: Backend, tmp_path: Path) -> None:
+    # A database of its own: the session's live server seals the shared test database in its own thread.
+    url = _database(backend, tmp_path, "told")
+    ensure_database(url)
+    store = Store.from_url(url)
+    upgrade(store.engine)
+    settings = Settings(database_url=url)
     settings.security.dev_idp = True
     settings.security.sealer = "external"
     settings.security.seal_interval_seconds = 0.1
@@ -142,3 +148,6 @@ def test_an_app_told_that_another_process_seals_leaves_its_records_to_it(store: 
         assert report.ok and report.unsealed == 0 and report.checked >= 1
     finally:
         server.stop()
+        store.dispose()
+        if backend.name == "postgres":
+            drop_database(url)
