@@ -7,12 +7,15 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy.exc import DBAPIError
 
+from nara.security.schema import audit_event
 from nara.store.database import create_engine, drop_database
 from nara.store.migrate import alembic_config, current_revision
 from nara.store.store import Store
@@ -22,8 +25,8 @@ from tests.server.test_rest_interactions import bp, patient
 TRACE_SIGNS = ("Traceback", 'File "')
 
 
-def nara(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+def nara(*args: str, timeout: int = 300, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env_extra or {})}
     env.pop("NARA_DATABASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "nara.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
@@ -68,6 +71,51 @@ def test_db_upgrade_creates_the_schema_and_is_idempotent(fresh_url: str) -> None
         assert current_revision(engine) == head_revision(fresh_url)
     finally:
         engine.dispose()
+
+
+def _old_audit_record(url: str, years_ago: int) -> int:
+    """An audit record written ``years_ago`` years ago (as a long-running region has), its seq."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            at = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=365 * years_ago + 2)
+            conn.execute(
+                insert(audit_event).values(
+                    recorded_at=at, action="read", outcome="permit", actor_kind="staff", patient_count=0
+                )
+            )
+            return int(conn.execute(select(func.max(audit_event.c.seq))).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _delete_audit_record(url: str, seq: int) -> str | None:
+    engine = create_engine(url)
+    try:
+        with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+            conn.execute(delete(audit_event).where(audit_event.c.seq == seq))
+        return None
+    except DBAPIError as e:
+        return str(e.orig)
+    finally:
+        engine.dispose()
+
+
+def test_r_log_2_the_retention_period_follows_the_setting_and_is_never_under_five_years(fresh_url: str) -> None:
+    ten = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "10"})
+    assert ten.returncode == 0, ten.stdout + ten.stderr
+    seq = _old_audit_record(fresh_url, 7)
+    assert "within the retention period" in (_delete_audit_record(fresh_url, seq) or "")
+    short = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "3"})
+    assert short.returncode != 0
+    assert "NARA_AUDIT_RETENTION_YEARS must be at least 5" in short.stdout + short.stderr
+    assert not any(sign in short.stdout + short.stderr for sign in TRACE_SIGNS)
+    assert "within the retention period" in (_delete_audit_record(fresh_url, seq) or "")  # still ten years
+    five = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "5"})
+    assert five.returncode == 0, five.stdout + five.stderr
+    assert _delete_audit_record(fresh_url, seq) is None  # seven years old: past the five-year period
+    recent = _old_audit_record(fresh_url, 4)
+    assert "within the retention period" in (_delete_audit_record(fresh_url, recent) or "")
 
 
 def test_db_upgrade_reports_an_unreachable_database_without_a_trace() -> None:

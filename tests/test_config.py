@@ -36,3 +36,17 @@ def test_an_unknown_audit_sealer_is_refused_with_the_choices(monkeypatch: pytest
     monkeypatch.setenv("NARA_AUDIT_SEALER", "cron")
     with pytest.raises(SystemExit, match="NARA_AUDIT_SEALER must be one of thread, external"):
         Settings()
+
+
+def test_the_audit_retention_is_five_years_unless_configured_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NARA_AUDIT_RETENTION_YEARS", raising=False)
+    assert Settings().security.audit_retention_days == 1827  # five years with their leap days
+    monkeypatch.setenv("NARA_AUDIT_RETENTION_YEARS", "10")
+    assert Settings().security.audit_retention_days == 3653
+
+
+@pytest.mark.parametrize("value", ["4", "0", "five"])
+def test_an_audit_retention_under_five_years_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("NARA_AUDIT_RETENTION_YEARS", value)
+    with pytest.raises(SystemExit, match="NARA_AUDIT_RETENTION_YEARS must be"):
+        Settings()

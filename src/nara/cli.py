@@ -30,13 +30,19 @@ def _settings(database_url: str | None) -> object:
 
 
 def _migrate(url: str) -> None:
+    """Bring the schema up to date, and guard the audit tables for the configured retention period."""
+    from nara.config import Settings
+    from nara.security.schema import install_guards
     from nara.store.database import create_engine, ensure_database
     from nara.store.migrate import upgrade
 
+    days = Settings(database_url=url).security.audit_retention_days
     ensure_database(url)
     engine = create_engine(url)
     try:
         upgrade(engine)
+        with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+            install_guards(conn, days)
     finally:
         engine.dispose()
 

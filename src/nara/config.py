@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from nara.security.gate import SecuritySettings
+from nara.security.schema import MIN_RETENTION_YEARS, retention_days
 from nara.store.database import database_url
 from nara.store.store import StoreSettings
 
@@ -42,6 +43,16 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _retention_days() -> int:
+    years = _env_int("NARA_AUDIT_RETENTION_YEARS", MIN_RETENTION_YEARS)
+    if years < MIN_RETENTION_YEARS:
+        raise SystemExit(
+            f"NARA_AUDIT_RETENTION_YEARS must be at least {MIN_RETENTION_YEARS} "
+            f"(the Patient Data Act's minimum for the access log), not {years}"
+        )
+    return retention_days(years)
+
+
 def _env_pairs(name: str, sep: str) -> list[tuple[str, str]]:
     out = []
     for item in os.environ.get(name, "").split(","):
@@ -62,6 +73,7 @@ def _security_from_env() -> SecuritySettings:
         emergency_hours=_env_int("NARA_EMERGENCY_HOURS", 4),
         seal_interval_seconds=_env_float("NARA_AUDIT_SEAL_SECONDS", 1.0),
         sealer=_env_choice("NARA_AUDIT_SEALER", ("thread", "external"), "thread"),
+        audit_retention_days=_retention_days(),
     )
 
 

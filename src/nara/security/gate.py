@@ -48,6 +48,8 @@ class SecuritySettings:
     seal_interval_seconds: float = 1.0
     # "thread": this process seals beside the app; "external": another process does (nara serve starts one).
     sealer: str = "thread"
+    # R-LOG-2: audit records cannot be changed, nor deleted before this many days (NARA_AUDIT_RETENTION_YEARS).
+    audit_retention_days: int = 1827
 
 
 def is_protected(res: dict[str, Any]) -> bool:

@@ -122,6 +122,12 @@ audit_review = Table(
 )
 
 AUDIT_TABLES = ("audit_event", "audit_access", "audit_review")
+MIN_RETENTION_YEARS = 5  # R-LOG-2: audit records are kept at least five years
+
+
+def retention_days(years: int) -> int:
+    """Whole days that cover ``years`` years with their leap days (5 years: 1827 days)."""
+    return -(-years * 1461 // 4)
 
 
 def guard_statements(dialect: str, retention_days: int) -> list[str]:

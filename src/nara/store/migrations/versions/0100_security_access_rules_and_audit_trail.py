@@ -16,7 +16,8 @@ branch_labels = None
 depends_on = None
 
 
-AUDIT_RETENTION_DAYS = 1827  # five years (R-LOG-2); `nara db upgrade` re-installs the guards with the configured value
+AUDIT_RETENTION_DAYS = 1827  # five years (R-LOG-2); every `nara` command that migrates re-installs the guards with
+# NARA_AUDIT_RETENTION_YEARS
 
 
 def upgrade() -> None:
