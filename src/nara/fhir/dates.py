@@ -133,7 +133,7 @@ def instant(dt: datetime) -> str:
     """A FHIR instant string in UTC with microseconds, for an aware or naive-UTC datetime."""
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    return dt.isoformat(timespec="microseconds") + "Z"  # (strftime: 2.5 µs, and years before 1000 unpadded)
 
 
 def parse_instant(value: str) -> datetime | None:

@@ -466,22 +466,21 @@ def extract(
         .limit(limit)
     )
     zone = local_zone()
-    out = []
-    for r in conn.execute(stmt):
-        local = r.recorded_at.replace(tzinfo=UTC).astimezone(zone)
-        out.append(
-            ExtractRow(
-                r.recorded_at,
-                local.isoformat(timespec="seconds"),
-                r.action,
-                r.unit_id,
-                r.provider_id,
-                r.user_name if include_names else None,
-                r.access_type,
-                r.actor_kind,
-            )
+    # Positional rows, fetched at once: about a thousand rows a patient over five years, where attribute
+    # access and one fetch per row cost as much as the query itself.
+    return [
+        ExtractRow(
+            at,
+            at.replace(tzinfo=UTC).astimezone(zone).isoformat(timespec="seconds"),
+            action,
+            unit_id,
+            provider_id,
+            user_name if include_names else None,
+            access_type,
+            actor_kind,
         )
-    return out
+        for at, action, unit_id, provider_id, user_name, access_type, actor_kind in conn.execute(stmt).all()
+    ]
 
 
 # ---- log review (R-LOG-4) -----------------------------------------------------------------------

@@ -356,28 +356,29 @@ def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
     start, end = _period(_params(req))
     rows = audit.extract(tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names)
     names = _unit_names(tx, {r.unit_id for r in rows if r.unit_id} | {r.provider_id for r in rows if r.provider_id})
-    entries = []
-    for r in rows:
-        entries.append(
-            {
-                "resource": _audit_event_json(
-                    None,
-                    r.time_utc,
-                    r.action,
-                    "permit",
-                    r.actor_kind,
-                    None,
-                    r.user_name,
-                    r.unit_id,
-                    names.get(r.unit_id or "", r.unit_id),
-                    r.provider_id,
-                    names.get(r.provider_id or "", r.provider_id),
-                    rid,
-                    r.access_type,
-                    local_time=r.time_local,
-                )
-            }
-        )
+    shared: dict[Any, Any] = {}
+    entries = [
+        {
+            "resource": _audit_event_json(
+                None,
+                r.time_utc,
+                r.action,
+                "permit",
+                r.actor_kind,
+                None,
+                r.user_name,
+                r.unit_id,
+                names.get(r.unit_id or "", r.unit_id),
+                r.provider_id,
+                names.get(r.provider_id or "", r.provider_id),
+                rid,
+                r.access_type,
+                local_time=r.time_local,
+                shared=shared,
+            )
+        }
+        for r in rows
+    ]
     _audit(tx, "log-extract", rid, set(), None, None)
     return Outcome(200, {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries})
 
@@ -412,8 +413,79 @@ def _audit_event_json(
     local_time: str | None = None,
     flags: str | None = None,
     reason: str | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    """One access as a FHIR AuditEvent shaped after IHE BALP (Basic Audit Log Patterns)."""
+    """One access as a FHIR AuditEvent shaped after IHE BALP (Basic Audit Log Patterns).
+
+    ``shared``: a dict kept for one response, in which the parts that repeat from event to event (the agents
+    of one user at one unit, the patient entity, the codings) are built once and shared by the events that
+    have them (a patient's five-year extract holds about a thousand events from a few users).
+    """
+    memo: dict[Any, Any] = shared if shared is not None else {}
+    agents_key = ("agents", actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name)
+    agents = memo.get(agents_key)
+    if agents is None:
+        agents = memo[agents_key] = _agents(
+            actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name
+        )
+    subtype = memo.get(("subtype", action))
+    if subtype is None:
+        subtype = memo[("subtype", action)] = [{"system": f"{NARA}/CodeSystem/audit-action", "code": action}]
+    res: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": memo.get("type") or memo.setdefault("type", dict(_REST_TYPE)),
+        "subtype": subtype,
+        "action": ACTION_CODE.get(action, "E"),
+        "recorded": instant(at),
+        "outcome": "0" if outcome == "permit" else "4",
+        "agent": agents,
+        "source": memo.get("source") or memo.setdefault("source", {"observer": {"display": "Nära"}}),
+    }
+    if seq is not None:
+        res["id"] = str(seq)
+    ext = []
+    if access_type:
+        access = memo.get(("access", access_type))
+        if access is None:
+            access = memo[("access", access_type)] = {
+                "url": f"{NARA}/StructureDefinition/access-type",
+                "valueCode": access_type,
+            }
+        ext.append(access)
+    if local_time:
+        ext.append({"url": f"{NARA}/StructureDefinition/local-time", "valueString": local_time})
+    if flags:
+        ext.append({"url": f"{NARA}/StructureDefinition/review-flags", "valueString": flags})
+    if ext:
+        res["extension"] = ext
+    if reason:
+        res["outcomeDesc"] = reason
+    if patient:
+        entity = memo.get(("entity", patient))
+        if entity is None:
+            entity = memo[("entity", patient)] = [
+                {
+                    "what": {"reference": f"Patient/{patient}"},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+                }
+            ]
+        res["entity"] = entity
+    return res
+
+
+_REST_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
+
+
+def _agents(
+    actor_kind: str,
+    user_id: str | None,
+    user_name: str | None,
+    unit_id: str | None,
+    unit_name: str | None,
+    provider_id: str | None,
+    provider_name: str | None,
+) -> list[dict[str, Any]]:
+    """The accessing user (requestor), their unit and their care provider or care giver."""
     agent: dict[str, Any] = {"requestor": True, "type": {"text": actor_kind}}
     who: dict[str, Any] = {}
     if user_id:
@@ -444,37 +516,7 @@ def _audit_event_json(
                 "who": {"reference": f"Organization/{provider_id}", "display": provider_name or provider_id},
             }
         )
-    res: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
-        "subtype": [{"system": f"{NARA}/CodeSystem/audit-action", "code": action}],
-        "action": ACTION_CODE.get(action, "E"),
-        "recorded": instant(at),
-        "outcome": "0" if outcome == "permit" else "4",
-        "agent": agents,
-        "source": {"observer": {"display": "Nära"}},
-    }
-    if seq is not None:
-        res["id"] = str(seq)
-    ext = []
-    if access_type:
-        ext.append({"url": f"{NARA}/StructureDefinition/access-type", "valueCode": access_type})
-    if local_time:
-        ext.append({"url": f"{NARA}/StructureDefinition/local-time", "valueString": local_time})
-    if flags:
-        ext.append({"url": f"{NARA}/StructureDefinition/review-flags", "valueString": flags})
-    if ext:
-        res["extension"] = ext
-    if reason:
-        res["outcomeDesc"] = reason
-    if patient:
-        res["entity"] = [
-            {
-                "what": {"reference": f"Patient/{patient}"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
-            }
-        ]
-    return res
+    return agents
 
 
 def _require_auditor(tx: Tx) -> Actor:
