@@ -145,6 +145,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(root: str, seconds: float = 20) -> None:
+    """Wait until the server at ``root`` answers ``/healthz``; fail the test if it does not within ``seconds``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(root + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the server at {root} did not start within {seconds:g} s")
+
+
 class ServerThread(threading.Thread):
     def __init__(self, app: object, port: int) -> None:
         super().__init__(daemon=True)
@@ -179,16 +191,8 @@ def live_server(backend: Backend) -> Iterator[LiveServer]:
     port = _free_port()
     thread = ServerThread(app, port)
     thread.start()
-    deadline = time.time() + 15
     root = f"http://127.0.0.1:{port}"
-    while time.time() < deadline:
-        try:
-            if httpx.get(root + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    else:
-        raise RuntimeError("test server did not start")
+    wait_healthy(root, 15)
     try:
         yield LiveServer(root + "/fhir", root, settings, backend)
     finally:

@@ -22,7 +22,7 @@ from nara.security import audit
 from nara.security.schema import audit_access, audit_event, audit_review, drop_guard_statements, install_guards
 from nara.server.app import create_app
 from nara.store.store import Store
-from tests.conftest import Backend, LiveServer, _free_port, token
+from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
 from tests.security.region import JSON, VC, Region, actor, build_region, consent, observation
 
 
@@ -258,12 +258,7 @@ def test_every_acknowledged_request_has_its_record_after_a_kill(backend: Backend
     base = f"http://127.0.0.1:{port}/fhir"
     auth = {"Authorization": f"Bearer {token('load-test', 'system')}", **JSON}
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}")
         pid = httpx.post(
             f"{base}/Patient",
             headers=auth,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,14 +20,8 @@ from nara.server.app import create_app
 from nara.store.database import create_engine, drop_database, ensure_database
 from nara.store.migrate import upgrade
 from nara.store.store import Store
-from tests.conftest import Backend, ServerThread, token
+from tests.conftest import Backend, ServerThread, _free_port, token, wait_healthy
 from tests.security.region import JSON
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:
@@ -79,12 +72,7 @@ def test_nara_serve_seals_in_a_process_of_its_own_that_ends_when_the_server_is_k
     )
     engine = create_engine(url)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}")
         sealers = [p for p in _children(proc.pid) if _is_sealer(p)]
         assert len(sealers) == 1
         auth = {"Authorization": f"Bearer {token('sealer-test', 'system')}", **JSON}
@@ -128,12 +116,7 @@ def test_an_app_told_that_another_process_seals_leaves_its_records_to_it(backend
     server.start()
     try:
         auth = {"Authorization": f"Bearer {token('sealer-test', 'system')}", **JSON}
-        for _ in range(100):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_healthy(f"http://127.0.0.1:{port}")
         r = httpx.post(f"http://127.0.0.1:{port}/fhir/Patient", headers=auth, content=b'{"resourceType":"Patient"}')
         assert r.status_code == 201
         time.sleep(1.0)  # ten sealing intervals
