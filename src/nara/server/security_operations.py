@@ -15,6 +15,7 @@ log review, and the audit trail read as FHIR ``AuditEvent`` by auditors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -422,36 +423,37 @@ def _audit_event_json(
     have them (a patient's five-year extract holds about a thousand events from a few users).
     """
     memo: dict[Any, Any] = shared if shared is not None else {}
-    agents_key = ("agents", actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name)
-    agents = memo.get(agents_key)
-    if agents is None:
-        agents = memo[agents_key] = _agents(
-            actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name
-        )
-    subtype = memo.get(("subtype", action))
-    if subtype is None:
-        subtype = memo[("subtype", action)] = [{"system": f"{NARA}/CodeSystem/audit-action", "code": action}]
+
+    def part(key: Any, build: Callable[[], Any]) -> Any:
+        """The part under ``key``, built on first use within the response."""
+        found = memo.get(key)
+        if found is None:
+            found = memo[key] = build()
+        return found
+
     res: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "type": memo.get("type") or memo.setdefault("type", dict(_REST_TYPE)),
-        "subtype": subtype,
+        "type": part("type", lambda: dict(_REST_TYPE)),
+        "subtype": part(("subtype", action), lambda: [{"system": f"{NARA}/CodeSystem/audit-action", "code": action}]),
         "action": ACTION_CODE.get(action, "E"),
         "recorded": instant(at),
         "outcome": "0" if outcome == "permit" else "4",
-        "agent": agents,
-        "source": memo.get("source") or memo.setdefault("source", {"observer": {"display": "Nära"}}),
+        "agent": part(
+            ("agents", actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name),
+            lambda: _agents(actor_kind, user_id, user_name, unit_id, unit_name, provider_id, provider_name),
+        ),
+        "source": part("source", lambda: {"observer": {"display": "Nära"}}),
     }
     if seq is not None:
         res["id"] = str(seq)
     ext = []
     if access_type:
-        access = memo.get(("access", access_type))
-        if access is None:
-            access = memo[("access", access_type)] = {
-                "url": f"{NARA}/StructureDefinition/access-type",
-                "valueCode": access_type,
-            }
-        ext.append(access)
+        ext.append(
+            part(
+                ("access", access_type),
+                lambda: {"url": f"{NARA}/StructureDefinition/access-type", "valueCode": access_type},
+            )
+        )
     if local_time:
         ext.append({"url": f"{NARA}/StructureDefinition/local-time", "valueString": local_time})
     if flags:
@@ -461,15 +463,15 @@ def _audit_event_json(
     if reason:
         res["outcomeDesc"] = reason
     if patient:
-        entity = memo.get(("entity", patient))
-        if entity is None:
-            entity = memo[("entity", patient)] = [
+        res["entity"] = part(
+            ("entity", patient),
+            lambda: [
                 {
                     "what": {"reference": f"Patient/{patient}"},
                     "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
                 }
-            ]
-        res["entity"] = entity
+            ],
+        )
     return res
 
 
