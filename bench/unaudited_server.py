@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     def no_audit(tx: Any, req: Any, out: Any) -> None:
         return None
 
-    app.state.gate.audit_read = no_audit  # the context of every request takes its audit hook from the gate
+    def no_read_record(tx: Any, req: Any) -> None:
+        return None
+
+    # The context of every request takes its audit hooks from the gate: the one after the interaction and the
+    # one before it (which lets a read by id write its record in its own statement).
+    app.state.gate.audit_read = no_audit
+    app.state.gate.prepare_read_audit = no_read_record
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, proxy_headers=True)
 
 

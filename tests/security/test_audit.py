@@ -61,6 +61,59 @@ def test_r_log_1_every_read_records_who_where_what_whose_and_how(region: Region,
     ]
 
 
+def test_r_log_1_a_read_by_id_writes_exactly_one_record_with_its_access(region: Region, store: Store) -> None:
+    vc = region.staff["vc"]
+    obs = region.post(observation(region.patients["anna"], "8867-4", 64), vc.token())
+    before = len(events(store))
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Observation/{obs['id']}").status_code == 200
+    new = events(store)[before:]
+    assert [(e.action, e.outcome, e.resource_type, e.resource_id, e.patient_count) for e in new] == [
+        ("read", "permit", "Observation", obs["id"], 1)
+    ]
+    assert new[0].request == f"GET Observation/{obs['id']}" and new[0].unit_id == VC and new[0].flags is None
+    acc = [(a.patient_id, a.owner_org, a.owner_unit, a.access_type, a.protected) for a in accesses(store, new[0].seq)]
+    assert acc == [(region.patients["anna"], "SE2321000032-REG", VC, "own-unit", False)]
+
+
+def test_r_log_1_a_read_of_a_missing_or_deleted_resource_writes_no_read_record(region: Region, store: Store) -> None:
+    vc = region.staff["vc"]
+    obs = region.post(observation(region.patients["anna"], "8867-4", 64), vc.token())
+    with region.as_(vc.token()) as c:
+        assert c.delete(f"Observation/{obs['id']}").status_code in (200, 204)
+        before = len(events(store))
+        assert c.get(f"Observation/{obs['id']}").status_code == 410
+        assert c.get("Observation/no-such-observation").status_code == 404
+    assert events(store)[before:] == []
+
+
+def test_r_log_1_on_postgresql_a_read_by_id_writes_its_record_in_the_reading_statement(
+    region: Region, store: Store
+) -> None:
+    """One statement reads the resource and writes its record: no round trip of its own, nothing to lose."""
+    if not store.postgres or store.read_engine is None:
+        pytest.skip("reads run on PostgreSQL's autocommit read pool")
+    vc = region.staff["vc"]
+    obs = region.post(observation(region.patients["anna"], "8867-4", 64), vc.token())
+    seen: list[str] = []
+
+    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql)
+
+    from sqlalchemy import event
+
+    with region.as_(vc.token()) as c:
+        c.get("metadata")  # the token's actor is resolved and cached before statements are counted
+        event.listen(store.read_engine, "before_cursor_execute", statement)
+        try:
+            assert c.get(f"Observation/{obs['id']}").status_code == 200
+        finally:
+            event.remove(store.read_engine, "before_cursor_execute", statement)
+    writing = [sql for sql in seen if "audit_event" in sql]
+    assert len(writing) == 1 and "FROM resource" in writing[0] and "INSERT INTO audit_access" in writing[0]
+    assert len([sql for sql in seen if "FROM resource" in sql]) == 1
+
+
 def test_r_log_1_writes_are_logged_in_the_same_transaction(region: Region, store: Store) -> None:
     created = region.post(observation(region.patients["anna"], "8867-4", 72), region.staff["vc"].token())
     ev = events(store, action="create", resource_id=created["id"])

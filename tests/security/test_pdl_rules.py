@@ -63,6 +63,20 @@ def audit_rows(store: Store, **where: Any) -> list[Any]:
         return list(conn.execute(stmt.order_by(audit_event.c.seq)).all())
 
 
+def read_access(store: Store, user: str, resource_id: str) -> tuple[str, str | None]:
+    """The access type and flags of the user's latest read of ``resource_id``."""
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            select(audit_access.c.access_type, audit_event.c.flags)
+            .join(audit_event, audit_event.c.seq == audit_access.c.seq)
+            .where(audit_event.c.user_id == user, audit_event.c.action == "read")
+            .where(audit_event.c.resource_id == resource_id)
+            .order_by(audit_event.c.seq.desc())
+        ).first()
+    assert row is not None, f"no read of {resource_id} by {user} is logged"
+    return row.access_type, row.flags
+
+
 # ---- stamping ------------------------------------------------------------------------------------
 def test_owner_is_stamped_from_the_assignment_not_the_body(region: Region, store: Store) -> None:
     with store.engine.connect() as conn:
@@ -114,7 +128,7 @@ def test_r_acc_2_inner_block_hides_other_unit_even_after_active_choice(region: R
     assert region.data["vc"] in visible(region, region.staff["vc"].token())  # type: ignore[attr-defined]
 
 
-def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region) -> None:
+def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region, store: Store) -> None:
     anna = region.patients["anna"]
     vc_obs, hsv_obs = region.data["vc"], region.data["hsv"]  # type: ignore[attr-defined]
     municipal, municipal_ve = region.staff["hsv"], region.staff["hsvve"]
@@ -123,6 +137,9 @@ def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region) -> N
     assert vc_obs in visible(region, municipal.token())
     # Without the SJF right the consent does not help (R-ACC-3 c).
     assert visible(region, municipal_ve.token()) == {hsv_obs}
+    # A read by id under the consent is logged as coordinated documentation (SVOD) access.
+    assert client(region, municipal.token()).get(f"Observation/{vc_obs}").status_code == 200
+    assert read_access(store, municipal.hsa, vc_obs) == ("svod", None)
 
 
 def test_r_acc_3_without_care_relationship_consent_is_not_enough(region: Region) -> None:
@@ -215,6 +232,9 @@ def test_r_acc_6_emergency_access_needs_reason_and_attestation_and_is_flagged(re
         r = c.post(path, content=orjson.dumps(ok), headers=JSON)
         assert r.status_code == 200, r.text
         assert vc_obs in visible(region, doctor.token())
+        # A read by id under emergency access is flagged and typed as such in its log record.
+        assert c.get(f"Observation/{vc_obs}").status_code == 200
+    assert read_access(store, doctor.hsa, vc_obs) == ("emergency", "emergency")
     # Direct creation of an emergency Consent is refused: only the operation makes one.
     raw = consent(anna, "emergency", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]})
     r = region.as_(doctor.token()).post("Consent", content=orjson.dumps(raw), headers=JSON)
@@ -485,6 +505,14 @@ def test_r_id_3_protected_identity_hides_address_and_flags_access(region: Region
     assert "Hemlig" not in region.fhir.get(f"Patient/{hidden}").text
     rows = audit_rows(store, user_id=region.staff["vc"].hsa, action="read")
     assert any("protected-identity" in (r.flags or "") for r in rows)
+    with store.engine.connect() as conn:
+        read = conn.execute(
+            select(audit_access.c.protected, audit_event.c.flags)
+            .join(audit_event, audit_event.c.seq == audit_access.c.seq)
+            .where(audit_event.c.resource_id == hidden, audit_event.c.action == "read")
+            .where(audit_event.c.user_id == region.staff["vc"].hsa)
+        ).all()
+    assert read == [(True, "protected-identity")]  # the read by id, its access marked protected
 
 
 def test_r_blk_2_break_lifts_the_block_for_that_patient_only(region: Region) -> None:

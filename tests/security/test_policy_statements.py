@@ -7,15 +7,16 @@ that reusing statements never lets one actor's values answer another actor's req
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import literal, select, text
 
 from nara.fhir.query import QueryParser, parse_pairs
-from nara.security.actors import Actor
+from nara.security.actors import PURPOSE_QUALITY, Actor
 from nara.security.devidp import DEFAULT_SCOPES
 from nara.security.identity import ActorResolver
 from nara.security.policy import Policy
@@ -132,3 +133,34 @@ def test_a_patients_access_rules_are_read_with_their_types_on_both_databases(reg
     assert care and care[0].unit == VC and care[0].exempt_alerts is False
     assert len(blocks) == 1 and blocks[0].exempt_alerts is True and blocks[0].exempt_medication is False
     assert (blocks[0].starts, blocks[0].ends) == (datetime(2026, 1, 1), datetime(2026, 12, 31, 23, 59))
+
+
+def test_the_access_type_written_by_a_reading_statement_agrees_with_the_policy_for_every_actor(
+    region: Region, store: Store
+) -> None:
+    """A read by id writes its log record in SQL (Policy.access_type_sql); for every kind of actor and data
+    owner it must name the access exactly as the policy does in Python (R-LOG-1)."""
+    from nara.security.audit import now_utc
+
+    nurse = staff_actor(store, region, "vc")
+    assert nurse.assignment is not None
+    actors = [
+        nurse,
+        replace(nurse, assignment=replace(nurse.assignment, purpose=PURPOSE_QUALITY)),
+        Actor(kind="citizen", subject="191212121212", patient=region.patients["anna"]),
+        Actor(kind="proxy", subject="191212121212", patient=region.patients["anna"], proxy_basis="guardian"),
+        Actor(kind="system", subject="integration", client_id="integration"),
+    ]
+    region_org = "SE2321000032-REG"
+    owners = [(None, None), (region_org, VC), (region_org, "SE2321000032-OTHER"), ("SE2120000000-KOM", HSV)]
+    for actor in actors:
+        policy = Policy(actor, now_utc())
+        for org, unit in owners:
+            row = select(
+                literal(org).label("owner_org"),
+                literal(unit).label("owner_unit"),
+                literal(region.patients["anna"]).label("patient_id"),
+            ).subquery()
+            with store.transaction(write=False) as tx, policy.active():
+                in_sql = tx.conn.execute(select(policy.access_type_sql(row.c))).scalar_one()
+            assert in_sql == policy.access_type(org, unit), (actor.kind, org, unit)

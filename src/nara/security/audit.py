@@ -20,12 +20,19 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    Select,
+    String,
     and_,
     bindparam,
+    case,
+    exists,
     func,
     insert,
+    not_,
     select,
+    true,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -205,6 +212,85 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
             [{"seq": seq, "recorded_at": at, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in accesses],
         )
     return seq
+
+
+class RecordingRead:
+    """A read by id on PostgreSQL whose audit record the read's own statement writes (``Tx.read_recorder``).
+
+    One statement instead of two: the SELECT becomes a CTE, and data-modifying CTEs insert the event and
+    the access row for the patient of the row it found, in the same autocommit transaction, so the record is
+    committed before the response exists (R-LOG-1) and costs no round trip of its own. Only a live row is
+    recorded: a missing, hidden or deleted resource leaves no record here (hidden ones log their denial, as
+    before). ``seq`` is the record's number once written; when it stays None the caller records as usual.
+    """
+
+    def __init__(self, rtype: str, rid: str, rec: AuditRecord, policy: Any) -> None:
+        self.rtype, self.rid, self.rec = rtype, rid, rec
+        self.policy = policy  # nara.security.policy.Policy: the access type of the row, as SQL
+        self.seq: int | None = None
+        self.used = False  # one statement records one read
+
+    def applies(self, rtype: str, rid: str) -> bool:
+        return not self.used and (rtype, rid) == (self.rtype, self.rid)
+
+    def read(self, conn: Connection, stmt: Select[Any], params: dict[str, Any]) -> Any:
+        self.used = True
+        key = (id(stmt), self.policy.shape)
+        hit = _RECORDING_READS.get(key)
+        if hit is None:
+            if len(_RECORDING_READS) >= _RECORDING_READS_MAX:
+                _RECORDING_READS.clear()
+            hit = _RECORDING_READS[key] = (stmt, read_with_record(stmt, self.policy.access_type_sql))
+        event, _ = _event_params(self.rec, now_utc())
+        row = conn.execute(hit[1], {**params, **{f"ev_{c}": v for c, v in event.items()}}).first()
+        self.seq = None if row is None or row.audit_seq is None else int(row.audit_seq)
+        return row
+
+
+# Recording reads, one per read statement and policy shape (the entry keeps the read statement and its id alive).
+_RECORDING_READS: dict[tuple[int, Any], tuple[Select[Any], Select[Any]]] = {}
+_RECORDING_READS_MAX = 1024
+
+
+def read_with_record(stmt: Select[Any], access_type: Any) -> Select[Any]:
+    """``stmt`` (a read of at most one resource row, with ``patient_id``, ``owner_org``, ``owner_unit`` and
+    ``deleted``) as one PostgreSQL statement that also writes the read's audit record: the event from the
+    parameters ``ev_<column>`` (``_event_params``) and one access row for the row's patient, typed
+    ``access_type(columns)``, protected identity looked up as in ``record`` (R-ID-3). The result has the read's
+    columns and ``audit_seq``, the record's number (None when the row was deleted or not found: nothing is
+    recorded then)."""
+    read = stmt.cte("nara_read")
+    kind: ColumnElement[str] = access_type(read.c)
+    protected = exists().where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id == read.c.patient_id)
+    fixed = [c for c in _EVENT_COLUMNS if c not in ("flags", "patient_count")]
+    values: list[ColumnElement[Any]] = [bindparam(f"ev_{c}", type_=audit_event.c[c].type) for c in fixed]
+    flags = func.nullif(
+        func.concat_ws(
+            ",",
+            bindparam("ev_flags", type_=String()),
+            case((kind == "emergency", "emergency")),
+            case((protected, "protected-identity")),
+        ),
+        "",
+    )
+    patients = case((read.c.patient_id.is_not(None), 1), else_=0)
+    event = (
+        insert(audit_event)
+        .from_select([*fixed, "flags", "patient_count"], select(*values, flags, patients).where(not_(read.c.deleted)))
+        .returning(audit_event.c.seq, audit_event.c.recorded_at)
+        .cte("nara_read_event")
+    )
+    access = insert(audit_access).from_select(
+        ["seq", "recorded_at", "patient_id", "owner_org", "owner_unit", "access_type", "protected"],
+        select(
+            event.c.seq, event.c.recorded_at, read.c.patient_id, read.c.owner_org, read.c.owner_unit, kind, protected
+        )
+        .select_from(event.join(read, true()))
+        .where(read.c.patient_id.is_not(None)),
+    )
+    return select(*read.c, select(event.c.seq).scalar_subquery().label("audit_seq")).add_cte(
+        access.cte("nara_read_access")
+    )
 
 
 _MANY_TYPES = {"recorded_at": "timestamp", "patient_count": "int", "protected": "bool"}

@@ -141,15 +141,11 @@ class Gate:
             return set()
         if patient_ids <= policy.patient_facts.keys():  # already read by a patient-scoped search
             return {p for p in patient_ids if policy.reached_by_emergency(tx, p)}
-        now = policy.now
         rows = tx.conn.execute(
             select(pdl_rule.c.patient_id, pdl_rule.c.kind).where(
                 pdl_rule.c.patient_id.in_(sorted(patient_ids)),
                 pdl_rule.c.kind.in_(["emergency", "consent"]),
-                pdl_rule.c.unit == a.unit,
-                pdl_rule.c.employee.is_(None) | (pdl_rule.c.employee == (policy.actor.practitioner or "")),
-                pdl_rule.c.starts.is_(None) | (pdl_rule.c.starts <= now),
-                pdl_rule.c.ends.is_(None) | (pdl_rule.c.ends >= now),
+                policy.mine_in_force(),
             )
         ).all()
         with_consent = {p for p, k in rows if k == "consent"}
@@ -264,19 +260,30 @@ class Gate:
         except FhirError:
             log.warning("could not log a denial for %s", actor.subject)
 
+    def prepare_read_audit(self, tx: Tx, req: Any) -> None:
+        """Context hook before an interaction: a read by id on PostgreSQL's autocommit read pool gets its
+        record written by the read's own statement (``audit.RecordingRead``; one round trip, not two)."""
+        policy: Policy | None = tx.policy
+        if policy is None or not (tx.autocommit and tx.pg and policy.rules_available):
+            return
+        if req.method.upper() not in ("GET", "HEAD") or interaction_kind(req.method.upper(), req.path) != "read":
+            return
+        action, request, rtype, rid, flags = _read_interaction(tx, req)
+        if rtype is None or rid is None:
+            return
+        rec = audit.AuditRecord(action, "permit", policy.actor, rtype, rid, request, flags=flags)
+        tx.read_recorder = audit.RecordingRead(rtype, rid, rec, policy)
+
     def audit_read(self, tx: Tx, req: Any, out: Any) -> None:
         """Context audit hook: one record per read-like interaction, in its transaction (R-LOG-1)."""
         action = interaction_kind(req.method.upper(), req.path)
         if action is None or tx.policy is None:
             return
-        parts = [p for p in req.path.strip("/").split("/") if p]
-        rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
-        rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
-        query = "&".join(f"{k}={v}" for k, v in req.query)
-        request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
-        flags = set()
-        if tx.policy.actor.other_units_chosen:
-            flags.add("active-choice")
+        recorder = tx.read_recorder
+        tx.read_recorder = None
+        if isinstance(recorder, audit.RecordingRead) and recorder.seq is not None:
+            return  # written by the read itself
+        action, request, rtype, rid, flags = _read_interaction(tx, req)
         self.audit_interaction(tx, action, request, list(out.returned), rtype, rid, flags)
         if action == "search" and rtype is not None and isinstance(out.body, dict):
             self.signal_blocked(tx, req, rtype, out.body)
@@ -354,6 +361,18 @@ class Gate:
 
 
 # ---- per-request wiring ---------------------------------------------------------------------------
+def _read_interaction(tx: Tx, req: Any) -> tuple[str, str, str | None, str | None, set[str]]:
+    """The log fields of a read-like request: action, request line, resource type and id, flags."""
+    action = interaction_kind(req.method.upper(), req.path) or req.method.lower()
+    parts = [p for p in req.path.strip("/").split("/") if p]
+    rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
+    rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
+    query = "&".join(f"{k}={v}" for k, v in req.query)
+    request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
+    flags = {"active-choice"} if tx.policy.actor.other_units_chosen else set()
+    return action, request, rtype, rid, flags
+
+
 current_policy = ACTIVE_POLICY  # the request's policy; the cached SQL filters read their values from it
 
 

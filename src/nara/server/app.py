@@ -87,6 +87,7 @@ async def fhir_endpoint(request: Request) -> Response:
             explain_allowed=settings.explain_enabled,
             prefer_return=prefer(request, "return"),
             audit=gate.audit_read,
+            audit_before=gate.prepare_read_audit,
             redact=redact,
         )
         if path.strip("/") == "metadata" and method in ("GET", "HEAD"):

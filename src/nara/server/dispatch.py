@@ -57,6 +57,8 @@ class Context:
     row_filter: RowFilter | None = None
     # Called after each interaction with (tx, request, outcome): the audit record of reads.
     audit: Callable[[Tx, FhirRequest, Outcome], None] | None = None
+    # Called before each interaction with (tx, request): lets a read by id write its record in its own statement.
+    audit_before: Callable[[Tx, FhirRequest], None] | None = None
     # Applied to every resource version before it is returned (e.g. hiding protected addresses, R-ID-3).
     redact: Callable[[Stored], Stored] | None = None
 
@@ -108,6 +110,8 @@ def _is_type(name: str) -> bool:
 
 def dispatch(tx: Tx, ctx: Context, req: FhirRequest) -> Outcome:
     """Run one interaction; then the context's audit hook records what was read (writes audit themselves)."""
+    if ctx.audit_before is not None:
+        ctx.audit_before(tx, req)
     out = _dispatch(tx, ctx, req)
     if ctx.audit is not None:
         ctx.audit(tx, req, out)

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import jsonpatch
 import orjson
-from sqlalchemy import Connection, insert, literal, select, update
+from sqlalchemy import Connection, Select, bindparam, insert, literal, select, update
 
 from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
@@ -113,6 +113,24 @@ _RESOURCE_COLS = (
 )
 
 
+class ReadRecorder(Protocol):
+    """Writes the record of a read by id in the very statement that reads the resource (one round trip).
+
+    Set on a transaction by the audit layer before a read by id runs; the store asks whether it applies to a
+    read and then lets it run that read's SELECT with its parameters (``read``: the row found, or None). It
+    applies to one statement at most."""
+
+    def applies(self, rtype: str, rid: str) -> bool: ...
+
+    def read(self, conn: Connection, stmt: Select[Any], params: dict[str, Any]) -> Any: ...
+
+
+# Read-by-id statements, one per row filter (the policy's filters are cached objects, one per policy shape). A
+# statement object used again keeps its SQL cache key, so a read builds no statement; the values are bound.
+_READ_BY_ID: dict[tuple[int, ...], tuple[list[Any], Select[Any]]] = {}
+_READ_BY_ID_MAX = 1024
+
+
 class Tx:
     """The operations available inside one transaction."""
 
@@ -132,6 +150,8 @@ class Tx:
         self._pending_index: dict[str, list[dict[str, Any]]] = {}
         # Run by flush(), after the index rows: other buffered writers (the audit trail batches its records).
         self.flush_hooks: list[Callable[[], None]] = []
+        # The audit layer's recorder for this request's read by id, if its record is written by the read itself.
+        self.read_recorder: ReadRecorder | None = None
 
     def _queue_index(self, batches: dict[str, list[dict[str, Any]]]) -> None:
         for kind, rows in batches.items():
@@ -163,6 +183,20 @@ class Tx:
         cond = self.policy.row_filter(table, None)
         return [] if cond is None else [cond]
 
+    def _read_by_id(self) -> Select[Any]:
+        """The read-by-id statement under this transaction's row filter (values bound as read_type, read_id)."""
+        conds = self.visible(resource)
+        key = (int(self.pg), *(id(c) for c in conds))  # the cached entry keeps the conditions (and their ids) alive
+        hit = _READ_BY_ID.get(key)
+        if hit is None:
+            if len(_READ_BY_ID) >= _READ_BY_ID_MAX:
+                _READ_BY_ID.clear()
+            stmt: Select[Any] = select(*_RESOURCE_COLS, json_out(resource.c.content, self.pg).label("content")).where(
+                resource.c.res_type == bindparam("read_type"), resource.c.res_id == bindparam("read_id"), *conds
+            )
+            hit = _READ_BY_ID[key] = (conds, stmt)
+        return hit[1]
+
     def _hidden_or_missing(self, rtype: str, rid: str) -> NoReturn:
         """Raise 403 when the resource exists but the policy hides it, else 404."""
         if self.policy is not None and self._current(rtype, rid) is not None:
@@ -172,11 +206,13 @@ class Tx:
     def read(self, rtype: str, rid: str) -> Stored:
         _ensure_type(rtype)
         _ensure_id(rid)
-        row = self.conn.execute(
-            select(*_RESOURCE_COLS, json_out(resource.c.content, self.pg).label("content")).where(
-                resource.c.res_type == rtype, resource.c.res_id == rid, *self.visible(resource)
-            )
-        ).first()
+        stmt = self._read_by_id()
+        params = {"read_type": rtype, "read_id": rid}
+        recorder = self.read_recorder
+        if recorder is not None and recorder.applies(rtype, rid):
+            row = recorder.read(self.conn, stmt, params)
+        else:
+            row = self.conn.execute(stmt, params).first()
         if row is None:
             self._hidden_or_missing(rtype, rid)
         st = Stored(
