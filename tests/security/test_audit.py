@@ -189,6 +189,34 @@ def test_r_log_2_inserted_record_breaks_the_chain(region: Region, store: Store) 
     assert not report.ok and "altered" in (report.problem or "")
 
 
+def test_r_log_2_the_chain_covers_the_accesses_of_records_far_apart_in_number(region: Region, store: Store) -> None:
+    """The sealer and the verifier read access rows by runs of nearby record numbers; a record far from the
+    others (numbers are not dense: a record can commit late, sequences skip) must be hashed with its own."""
+    audit.seal_all(store.engine)
+    last = events(store)[-1]
+    far = last.seq + 500
+    with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        conn.execute(
+            audit_event.insert().values(
+                seq=far, recorded_at=last.recorded_at, action="read", outcome="permit", actor_kind="staff",
+                user_id="SE-far", patient_count=1,
+            )
+        )  # fmt: skip
+        conn.execute(
+            audit_access.insert().values(
+                seq=far, recorded_at=last.recorded_at, patient_id=region.patients["anna"], access_type="own-unit",
+                protected=False,
+            )
+        )  # fmt: skip
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Observation?patient={region.patients['anna']}").status_code == 200  # one more, after the gap
+    assert audit.seal_all(store.engine) == 2
+    assert audit.verify(store.engine).ok
+    _unguarded(store, f"UPDATE audit_access SET access_type = 'emergency' WHERE seq = {far}")
+    report = audit.verify(store.engine)
+    assert not report.ok and report.first_bad_seq == far and "altered" in (report.problem or "")
+
+
 def _sql(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 

@@ -393,12 +393,35 @@ def chain_hash(prev: str, event: Any, accesses: list[Any]) -> str:
     return hashlib.sha256(prev.encode() + _canonical(event, accesses)).hexdigest()
 
 
+# Records further apart than this are fetched by separate range scans (see _accesses_for).
+_ACCESS_RUN_GAP = 64
+
+
 def _accesses_for(conn: Connection, seqs: list[int]) -> dict[int, list[Any]]:
+    """The access rows of the records ``seqs``, by record.
+
+    The sealer and the verifier ask for thousands of records at a time, nearly consecutive. They are read
+    by range scans over runs of consecutive numbers, and the rows of records not asked for (sealed in
+    another round) are dropped here. Measured on PostgreSQL with 5,000 records: 25-35 ms, where one
+    ``IN`` list (or ``= ANY`` array) of the numbers took 0.7-1.1 s, most of a sealing round's time.
+    """
     out: dict[int, list[Any]] = defaultdict(list)
-    if not seqs:
+    wanted = set(seqs)
+    if not wanted:
         return out
-    for row in conn.execute(select(audit_access).where(audit_access.c.seq.in_(seqs))):
-        out[row.seq].append(row)
+    ordered = sorted(wanted)
+    runs: list[tuple[int, int]] = []
+    start = prev = ordered[0]
+    for s in ordered[1:]:
+        if s - prev > _ACCESS_RUN_GAP:
+            runs.append((start, prev))
+            start = s
+        prev = s
+    runs.append((start, prev))
+    for low, high in runs:
+        for row in conn.execute(select(audit_access).where(audit_access.c.seq.between(low, high))):
+            if row.seq in wanted:
+                out[row.seq].append(row)
     return out
 
 
