@@ -210,8 +210,9 @@ def test_r_log_2_the_chain_covers_the_accesses_of_records_far_apart_in_number(re
         )  # fmt: skip
     with region.as_(region.staff["vc"].token()) as c:
         assert c.get(f"Observation?patient={region.patients['anna']}").status_code == 200  # one more, after the gap
-    assert audit.seal_all(store.engine) == 2
-    assert audit.verify(store.engine).ok
+    audit.seal_all(store.engine)  # (the server's own sealer may have sealed some of them already)
+    report = audit.verify(store.engine)
+    assert report.ok and report.unsealed == 0 and events(store, seq=far)[0].chain_seq is not None
     _unguarded(store, f"UPDATE audit_access SET access_type = 'emergency' WHERE seq = {far}")
     report = audit.verify(store.engine)
     assert not report.ok and report.first_bad_seq == far and "altered" in (report.problem or "")
