@@ -76,6 +76,22 @@ def test_r_log_1_a_read_by_id_writes_exactly_one_record_with_its_access(region: 
     assert acc == [(region.patients["anna"], "SE2321000032-REG", VC, "own-unit", False)]
 
 
+def test_r_log_1_a_conditional_read_answered_not_modified_is_logged_with_its_access(
+    region: Region, store: Store
+) -> None:
+    vc = region.staff["vc"]
+    obs = region.post(observation(region.patients["anna"], "8867-4", 64), vc.token())
+    with region.as_(vc.token()) as c:
+        etag = c.get(f"Observation/{obs['id']}").headers["ETag"]
+        before = len(events(store))
+        assert c.get(f"Observation/{obs['id']}", headers={"If-None-Match": etag}).status_code == 304
+    new = events(store)[before:]
+    assert [(e.action, e.resource_id, e.patient_count) for e in new] == [("read", obs["id"], 1)]
+    assert [(a.patient_id, a.access_type) for a in accesses(store, new[0].seq)] == [
+        (region.patients["anna"], "own-unit")
+    ]
+
+
 def test_r_log_1_a_read_of_a_missing_or_deleted_resource_writes_no_read_record(region: Region, store: Store) -> None:
     vc = region.staff["vc"]
     obs = region.post(observation(region.patients["anna"], "8867-4", 64), vc.token())

@@ -204,7 +204,7 @@ def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcom
     headers.pop("Location")
     inm = req.header("if-none-match")
     if inm is not None and inm.strip() in (st.etag, f'"{st.version}"', "*"):
-        return Outcome(304, None, headers, st)
+        return Outcome(304, None, headers, st, [st])  # the data was read to answer: logged as read
     ims = req.header("if-modified-since")
     if ims:
         try:
@@ -212,7 +212,7 @@ def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcom
             if since.tzinfo is not None and st.last_updated.replace(microsecond=0) <= since.astimezone(UTC).replace(
                 tzinfo=None
             ):
-                return Outcome(304, None, headers, st)
+                return Outcome(304, None, headers, st, [st])  # the data was read to answer: logged as read
         except (TypeError, ValueError):
             pass
     summary = req.param("_summary")
