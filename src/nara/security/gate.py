@@ -266,12 +266,12 @@ class Gate:
         policy: Policy | None = tx.policy
         if policy is None or not (tx.autocommit and tx.pg and policy.rules_available):
             return
-        if req.method.upper() not in ("GET", "HEAD") or interaction_kind(req.method.upper(), req.path) != "read":
+        if interaction_kind(req.method.upper(), req.path) != "read":
             return
-        action, request, rtype, rid, flags = _read_interaction(tx, req)
+        request, rtype, rid, flags = _read_interaction(tx, req)
         if rtype is None or rid is None:
             return
-        rec = audit.AuditRecord(action, "permit", policy.actor, rtype, rid, request, flags=flags)
+        rec = audit.AuditRecord("read", "permit", policy.actor, rtype, rid, request, flags=flags)
         tx.read_recorder = audit.RecordingRead(rtype, rid, rec, policy)
 
     def audit_read(self, tx: Tx, req: Any, out: Any) -> None:
@@ -283,7 +283,7 @@ class Gate:
         tx.read_recorder = None
         if isinstance(recorder, audit.RecordingRead) and recorder.seq is not None:
             return  # written by the read itself
-        action, request, rtype, rid, flags = _read_interaction(tx, req)
+        request, rtype, rid, flags = _read_interaction(tx, req)
         self.audit_interaction(tx, action, request, list(out.returned), rtype, rid, flags)
         if action == "search" and rtype is not None and isinstance(out.body, dict):
             self.signal_blocked(tx, req, rtype, out.body)
@@ -361,16 +361,15 @@ class Gate:
 
 
 # ---- per-request wiring ---------------------------------------------------------------------------
-def _read_interaction(tx: Tx, req: Any) -> tuple[str, str, str | None, str | None, set[str]]:
-    """The log fields of a read-like request: action, request line, resource type and id, flags."""
-    action = interaction_kind(req.method.upper(), req.path) or req.method.lower()
+def _read_interaction(tx: Tx, req: Any) -> tuple[str, str | None, str | None, set[str]]:
+    """The log fields of a read-like request: request line, resource type and id, flags."""
     parts = [p for p in req.path.strip("/").split("/") if p]
     rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
     rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
     query = "&".join(f"{k}={v}" for k, v in req.query)
     request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
     flags = {"active-choice"} if tx.policy.actor.other_units_chosen else set()
-    return action, request, rtype, rid, flags
+    return request, rtype, rid, flags
 
 
 current_policy = ACTIVE_POLICY  # the request's policy; the cached SQL filters read their values from it

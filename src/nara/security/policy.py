@@ -408,7 +408,7 @@ class Policy:
                 return false()
             own = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
             return or_(non_patient, and_(care, own))
-        emergency = self._assertion(a, "emergency")
+        emergency = self._assertion(a.c.patient_id, "emergency")
         relation = or_(care, emergency)
         own_unit = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
         other_unit = and_(a.c.owner_org == provider, a.c.owner_unit != unit)
@@ -417,7 +417,7 @@ class Policy:
         if actor.other_units_chosen and (assignment.has_right("Läsa", "VG") or assignment.has_right("Läsa", "SJF")):
             allowed_parts.append(other_unit)
         if assignment.has_right("Läsa", "SJF"):
-            allowed_parts.append(and_(other_provider, or_(self._assertion(a, "consent"), emergency)))
+            allowed_parts.append(and_(other_provider, or_(self._assertion(a.c.patient_id, "consent"), emergency)))
         blocked = self._blocked(a)
         if blocked_rows:
             if not allowed_parts:
@@ -437,18 +437,12 @@ class Policy:
             t.c.code == NOT_FOR_PATIENT,
         )
 
-    def _assertion(self, a: Alias, kind: str) -> ColumnElement[bool]:
+    def _assertion(self, patient: ColumnElement[Any], kind: str) -> ColumnElement[bool]:
         """A current consent or emergency assertion of the patient for my unit (and me, if bound)."""
         actor = self.actor
         assert actor.assignment is not None
         r = pdl_rule.alias(f"p{kind[0]}")
-        return exists().where(
-            r.c.patient_id == a.c.patient_id,
-            r.c.kind == kind,
-            r.c.unit == _late("unit"),
-            or_(r.c.employee.is_(None), r.c.employee == _late("practitioner")),
-            _active(r, _late("now", DateTime())),
-        )
+        return exists().where(r.c.patient_id == patient, r.c.kind == kind, self.mine_in_force(r))
 
     def _blocked(self, a: Alias) -> ColumnElement[bool]:
         """The row is covered by a block that applies to me and that I have not broken (step 2)."""
@@ -496,10 +490,10 @@ class Policy:
             return "other-unit"
         return "emergency" if emergency else "svod"
 
-    def mine_in_force(self) -> ColumnElement[bool]:
-        """``pdl_rule`` rows made for me (my unit, me or everyone there) and in force now; late-bound, so the
-        condition is cached once for every staff member (consent and emergency assertions, R-ACC-3, R-ACC-6)."""
-        p = pdl_rule
+    def mine_in_force(self, p: Any = pdl_rule) -> ColumnElement[bool]:
+        """Rows of ``pdl_rule`` (or an alias of it) made for me (my unit, me or everyone there) and in force
+        now; late-bound, so the condition is cached once for every staff member (consent and emergency
+        assertions, R-ACC-3, R-ACC-6)."""
         return and_(
             p.c.unit == _late("unit"),
             or_(p.c.employee.is_(None), p.c.employee == _late("practitioner")),
@@ -511,24 +505,16 @@ class Policy:
         for a statement that writes the log record of the rows it reads. Emergency is told from consent as
         ``Gate.accesses`` does: an emergency assertion of mine in force, and no consent of mine in force."""
         actor = self.actor
-        fixed = self.access_type(None, None) if actor.kind != "staff" or actor.assignment is None else None
         a = actor.assignment
-        if fixed is None and a is not None and a.purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
-            fixed = "quality"
-        if fixed is not None:
-            return literal(fixed, String())
+        if actor.kind != "staff" or a is None or a.purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
+            return literal(self.access_type(None, None), String())  # the same for every row
         branches: list[tuple[ColumnElement[bool], str]] = [
             (or_(row.owner_unit.is_(None), row.owner_unit == _late("unit")), "own-unit"),
             (row.owner_org == _late("provider"), "other-unit"),
         ]
         if self.rules_available:
-
-            def mine(kind: str) -> ColumnElement[bool]:
-                return exists().where(
-                    pdl_rule.c.patient_id == row.patient_id, pdl_rule.c.kind == kind, self.mine_in_force()
-                )
-
-            branches.append((and_(mine("emergency"), not_(mine("consent"))), "emergency"))
+            emergency = self._assertion(row.patient_id, "emergency")
+            branches.append((and_(emergency, not_(self._assertion(row.patient_id, "consent"))), "emergency"))
         return case(*branches, else_=literal("svod", String()))
 
     # ---- writing -------------------------------------------------------------------------------
