@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from nara.config import Settings
 from nara.security import audit
@@ -115,8 +115,6 @@ def test_r_log_1_on_postgresql_a_read_by_id_writes_its_record_in_the_reading_sta
 
     def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
         seen.append(sql)
-
-    from sqlalchemy import event
 
     with region.as_(vc.token()) as c:
         c.get("metadata")  # the token's actor is resolved and cached before statements are counted
