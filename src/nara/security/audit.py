@@ -402,7 +402,7 @@ def _accesses_for(conn: Connection, seqs: list[int]) -> dict[int, list[Any]]:
 
     The sealer and the verifier ask for thousands of records at a time, nearly consecutive. They are read
     by range scans over runs of consecutive numbers, and the rows of records not asked for (sealed in
-    another round) are dropped here. Measured on PostgreSQL with 5,000 records: 25-35 ms, where one
+    another round) are dropped here. Measured ad hoc on PostgreSQL with 5,000 records: 25-35 ms, where one
     ``IN`` list (or ``= ANY`` array) of the numbers took 0.7-1.1 s, most of a sealing round's time.
     """
     out: dict[int, list[Any]] = defaultdict(list)
