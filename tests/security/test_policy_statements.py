@@ -55,6 +55,7 @@ def test_actors_of_one_shape_each_read_under_their_own_unit_and_provider(region:
     provider. Alternating many times makes the statement cached (and prepared on PostgreSQL)."""
     assert policy_of(store, region, "vc").shape == policy_of(store, region, "hsv").shape
     data: dict[str, str] = region.data  # type: ignore[attr-defined]
+    anna = region.patients["anna"]
     vc, hsv = region.as_(region.staff["vc"].token()), region.as_(region.staff["hsv"].token())
     with vc, hsv:
         for _ in range(8):
@@ -66,6 +67,10 @@ def test_actors_of_one_shape_each_read_under_their_own_unit_and_provider(region:
             # A search that pins no patient carries the shared filter too.
             assert ids(vc.get("Observation?_count=50").json()) == {data["vc"]}
             assert ids(hsv.get("Observation?_count=50").json()) == {data["hsv"]}
+            # So does a patient-scoped search: with no block of the patient concerning them, both share one
+            # pinned filter, each with their own unit.
+            assert ids(vc.get(f"Observation?patient={anna}&_count=50").json()) == {data["vc"]}
+            assert ids(hsv.get(f"Observation?patient={anna}&_count=50").json()) == {data["hsv"]}
 
 
 def test_the_shared_filter_keys_statements_by_the_actors_shape_not_their_values(region: Region, store: Store) -> None:

@@ -117,6 +117,14 @@ _FILTERS: dict[tuple[Any, ...], ColumnElement[bool] | None] = {}
 _FILTERS_MAX = 2048
 
 
+def _remember(key: tuple[Any, ...], cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
+    """Keep a built filter for its key (the cache is bounded: emptied when full)."""
+    if len(_FILTERS) >= _FILTERS_MAX:
+        _FILTERS.clear()
+    _FILTERS[key] = cond
+    return cond
+
+
 def _active_value(name: str) -> Any:
     policy = ACTIVE_POLICY.get()
     if policy is None:
@@ -260,17 +268,8 @@ class Policy:
         key = (self.shape, a, blocked_rows)
         if key in _FILTERS:
             return _FILTERS[key]
-        cond = self._pdl_filter(a, blocked_rows)
-        has_types = self.shape[6]
-        if has_types is not None:
-            scope_cond = a.c.res_type.in_(_late("scope_types", expanding=True)) if has_types else false()
-            cond = scope_cond if cond is None else and_(scope_cond, cond)
-        if cond is not None:
-            cond = ShapedCondition(cond, (self.shape, blocked_rows), a)
-        if len(_FILTERS) >= _FILTERS_MAX:
-            _FILTERS.clear()
-        _FILTERS[key] = cond
-        return cond
+        cond = self._with_scope_types(a, self._pdl_filter(a, blocked_rows))
+        return _remember(key, ShapedCondition(cond, (self.shape, blocked_rows), a) if cond is not None else None)
 
     def patient_rules(self, tx: Tx, patient: str) -> list[Any]:
         """The patient's care relationship at my unit and access rules (consents, emergency assertions,
@@ -315,7 +314,8 @@ class Policy:
         the same for every row, so they are read first (``patient_rules``) and the filter keeps only the
         per-row part: a condition on the row's owner and time, without subqueries. Equivalent to
         ``row_filter`` (or, with ``suppressed``, to ``suppressed_filter``) for that patient's rows, and much
-        cheaper for PostgreSQL to plan.
+        cheaper for PostgreSQL to plan. A patient with no block that concerns me (most) gets a filter built
+        once per shape and facts (``_pinned_without_blocks``); blocks are written into a filter per request.
         """
         actor = self.actor
         asg = actor.assignment
@@ -326,40 +326,69 @@ class Policy:
         care = any(r.kind == "care" and self._current(r) for r in rows)
         emergency = any(r.kind == "emergency" and self._mine(r) for r in rows)
         consent = any(r.kind == "consent" and self._mine(r) for r in rows)
-        if not (care or emergency):
+        relation = care or emergency
+        svod = bool(self.shape[5] and (consent or emergency))  # other providers' data (R-ACC-3)
+        broken = {r.org for r in rows if r.kind == "break" and r.employee == me and self._current(r)}
+        blocks = [
+            r
+            for r in rows
+            if r.kind == "block" and r.org not in (asg.unit, asg.provider) and r.org not in broken and relation
+        ]
+        if not blocks:
+            return self._pinned_without_blocks(a, suppressed, relation, svod)
+        conds = []
+        for r in blocks:
+            parts = [or_(a.c.owner_org == r.org, a.c.owner_unit == r.org)]
+            if r.starts is not None:
+                parts.append(a.c.last_updated >= r.starts)
+            if r.ends is not None:
+                parts.append(a.c.last_updated <= r.ends)
+            if r.exempt_alerts:
+                parts.append(a.c.res_type.not_in(list(ALERT_TYPES)))
+            if r.exempt_medication:
+                parts.append(a.c.res_type.not_in(list(MEDICATION_TYPES)))
+            conds.append(and_(*parts))
+        blocked = or_(*conds)
+        crossing = self._pinned_crossing(a, svod)
+        if suppressed:
+            cond: ColumnElement[bool] = and_(or_(*crossing), blocked) if crossing else false()
+        else:
+            own = or_(a.c.owner_unit == _late("unit"), a.c.owner_unit.is_(None))
+            cond = or_(own, and_(or_(*crossing), not_(blocked))) if crossing else own
+        return self._with_scope_types(a, cond)
+
+    def _pinned_without_blocks(
+        self, a: Alias, suppressed: bool, relation: bool, svod: bool
+    ) -> ColumnElement[bool] | None:
+        """The pinned filter of a patient with no block that concerns me (the common case): the same for every
+        such patient, so it is built once per shape and these facts, its values bound late (``_filter``)."""
+        key = (self.shape, a, "pinned", suppressed, relation, svod)
+        if key in _FILTERS:
+            return _FILTERS[key]
+        if not relation or suppressed:
             cond: ColumnElement[bool] = false()
         else:
-            broken = {r.org for r in rows if r.kind == "break" and r.employee == me and self._current(r)}
-            blocks = []
-            for r in rows:
-                if r.kind != "block" or r.org in (asg.unit, asg.provider) or r.org in broken:
-                    continue
-                parts = [or_(a.c.owner_org == r.org, a.c.owner_unit == r.org)]
-                if r.starts is not None:
-                    parts.append(a.c.last_updated >= r.starts)
-                if r.ends is not None:
-                    parts.append(a.c.last_updated <= r.ends)
-                if r.exempt_alerts:
-                    parts.append(a.c.res_type.not_in(list(ALERT_TYPES)))
-                if r.exempt_medication:
-                    parts.append(a.c.res_type.not_in(list(MEDICATION_TYPES)))
-                blocks.append(and_(*parts))
-            blocked = or_(*blocks) if blocks else false()
-            crossing = []
-            if self.shape[4]:  # other units of the provider, after the active choice (R-ACC-2)
-                crossing.append(and_(a.c.owner_org == asg.provider, a.c.owner_unit != asg.unit))
-            if self.shape[5] and (consent or emergency):  # other providers (R-ACC-3)
-                crossing.append(and_(a.c.owner_org.is_not(None), a.c.owner_org != asg.provider))
-            if suppressed:
-                cond = and_(or_(*crossing), blocked) if crossing and blocks else false()
-            else:
-                own = or_(a.c.owner_unit == asg.unit, a.c.owner_unit.is_(None))
-                cond = or_(own, and_(or_(*crossing), not_(blocked))) if crossing else own
+            own = or_(a.c.owner_unit == _late("unit"), a.c.owner_unit.is_(None))
+            cond = or_(own, *self._pinned_crossing(a, svod))
+        return _remember(key, ShapedCondition(self._with_scope_types(a, cond), (self.shape, *key[2:]), a))
+
+    def _pinned_crossing(self, a: Alias, svod: bool) -> list[ColumnElement[bool]]:
+        """Rows of other units or providers the pinned patient's facts let me reach (before blocks)."""
+        unit, provider = _late("unit"), _late("provider")
+        crossing = []
+        if self.shape[4]:  # other units of the provider, after the active choice (R-ACC-2)
+            crossing.append(and_(a.c.owner_org == provider, a.c.owner_unit != unit))
+        if svod:  # other providers, with consent or emergency access (R-ACC-3)
+            crossing.append(and_(a.c.owner_org.is_not(None), a.c.owner_org != provider))
+        return crossing
+
+    def _with_scope_types(self, a: Alias, cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
+        """``cond`` (None: every row) limited to the resource types the token's scopes allow (late bound)."""
         has_types = self.shape[6]
-        if has_types is not None:
-            types = self.values["scope_types"]
-            cond = and_(a.c.res_type.in_(types), cond) if has_types else false()
-        return cond
+        if has_types is None:
+            return cond
+        scope_cond = a.c.res_type.in_(_late("scope_types", expanding=True)) if has_types else false()
+        return scope_cond if cond is None else and_(scope_cond, cond)
 
     @contextmanager
     def active(self) -> Iterator[Policy]:
