@@ -12,6 +12,7 @@ All of it runs in a scratch database (``nara_bench_baseline``) that is dropped a
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -72,6 +73,31 @@ def database_counters(db: str) -> dict[str, int]:
     if row is None:
         raise RuntimeError(f"no statistics for database {db}")
     return dict(zip(DB_COUNTERS, (int(v) for v in row), strict=True))
+
+
+def backend_cpu_seconds(db: str) -> float | None:
+    """CPU seconds (user + system) used so far by the PostgreSQL backends connected to ``db``, from /proc.
+
+    Only for a PostgreSQL on this machine (the suite's own); None when /proc shows none of its backends. A
+    backend's process title names its database (``postgres: 15/main: user db host(port) state``)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, found = 0, False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if not title.startswith("postgres:") or f" {db} " not in title:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        found = True
+    return total / ticks if found else None
 
 
 def table_activity(db: str, top: int = 8) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1003,6 +1004,7 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                 }
             if fx:
                 audit_extract(sc, sub, fx, b.settings.mode == "long")
+                audit_chain(sc, b.settings.mode == "long", b.settings.reps)
         finally:
             if fx:
                 fx.server.stop()
@@ -1057,6 +1059,96 @@ def audit_extract(sc: Any, sub: Bench, fx: SecurityFixture, long: bool) -> None:
         reps=sub.settings.reps,
         unit="requests/s",
         params={"kind": "log-extract", "audit_records": rows, "connections": 4},
+    )
+
+
+AUDIT_CHAIN_DB = "nara_bench_audit_chain"
+
+
+def audit_chain(sc: Any, long: bool, reps: int) -> None:
+    """Sealing and verifying the audit hash chain on a database of its own (no server's sealer in the way).
+
+    Each repetition writes a backlog of unsealed records as requests write them (one event and one access row
+    each, realistic field lengths), then times ``audit.seal`` until the backlog is chained, as the sealer does,
+    and ``audit.verify`` (``nara audit verify``) over the whole chain so far."""
+    import psycopg
+
+    from nara.security import audit
+    from nara.store.database import create_engine
+    from nara.store.migrate import upgrade
+
+    per_rep = 200_000 if long else 50_000
+    url = pgbaseline.pg_url(AUDIT_CHAIN_DB)
+    reset_database(url)
+    engine = create_engine(url, pool_size=2)
+    try:
+        upgrade(engine)
+        sealing: list[dict[str, Any]] = []
+        verifying: list[dict[str, Any]] = []
+        for _ in range(reps):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "WITH ev AS (INSERT INTO audit_event (recorded_at, action, outcome, actor_kind, user_id, "
+                    "user_name, assignment_id, unit_id, provider_id, purpose, client_id, resource_type, resource_id, "
+                    "request, patient_count) SELECT now() AT TIME ZONE 'UTC', 'read', 'permit', 'staff', "
+                    "'SE2321000016-P' || lpad((g %% 5000)::text, 5, '0'), 'Staff Member ' || (g %% 5000), "
+                    "'SE2321000016-P' || lpad((g %% 5000)::text, 5, '0') || '-U', 'SE2321000016-E' || (g %% 300), "
+                    "'SE2321000016-VG', 'Vård och behandling', 'nara-web', 'Observation', md5(g::text), "
+                    "'GET /fhir/Observation/' || md5(g::text), 1 FROM generate_series(1, %s) g "
+                    "RETURNING seq, recorded_at, unit_id, provider_id) "
+                    "INSERT INTO audit_access (seq, recorded_at, patient_id, owner_org, owner_unit, access_type, "
+                    "protected) SELECT seq, recorded_at, md5((seq %% 100000)::text), provider_id, unit_id, 'own-unit', "
+                    "false FROM ev",
+                    (per_rep,),
+                )
+            cpu0 = pgbaseline.backend_cpu_seconds(AUDIT_CHAIN_DB) or 0.0
+            t0 = time.perf_counter()
+            sealed = 0
+            while (n := audit.seal(engine)) > 0:
+                sealed += n
+            seconds = time.perf_counter() - t0
+            cpu1 = pgbaseline.backend_cpu_seconds(AUDIT_CHAIN_DB)
+            sealing.append(
+                {
+                    "throughput": sealed / seconds,
+                    "requests": sealed,
+                    "seconds": round(seconds, 3),
+                    # PostgreSQL's own work for the sealing (reading the backlog, the chain UPDATE, its guard)
+                    "db_cpu_ms_per_record": round((cpu1 - cpu0) * 1000 / sealed, 4) if cpu1 is not None else None,
+                }
+            )
+            t0 = time.perf_counter()
+            report = audit.verify(engine)
+            seconds = time.perf_counter() - t0
+            if not report.ok:
+                raise RuntimeError(f"the benchmark's audit chain does not verify: {report}")
+            verifying.append({"throughput": report.checked / seconds, "requests": report.checked, "seconds": seconds})
+    finally:
+        engine.dispose()
+    db_cpu = [x["db_cpu_ms_per_record"] for x in sealing if x.get("db_cpu_ms_per_record") is not None]
+    sc.record["extra"]["audit_chain"] = {
+        "records_per_repetition": per_rep,
+        "seal_ms_per_record": round(statistics.median(1000 / x["throughput"] for x in sealing), 4),
+        "seal_db_cpu_ms_per_record": round(statistics.median(db_cpu), 4) if db_cpu else None,
+        "verify_records_per_s": round(statistics.median(x["throughput"] for x in verifying)),
+    }
+    size = f"{per_rep:,} new records per repetition, one access row each"
+    where = "bench/scenarios.py audit_chain, in the benchmark's process"
+    sc.add(
+        f"audit sealing (audit.seal until no backlog), {per_rep:,} records",
+        sealing,
+        f"audit.seal(engine) in a loop ({where})",
+        unit="records/s",
+        params={"kind": "audit-seal", "records": per_rep},
+        data_size=size,
+    )
+    sc.add(
+        "audit chain verification (audit.verify, as nara audit verify)",
+        verifying,
+        f"audit.verify(engine) ({where})",
+        unit="records/s",
+        params={"kind": "audit-verify"},
+        data_size=f"the whole chain: {per_rep:,} to {per_rep * reps:,} records",
     )
 
 
