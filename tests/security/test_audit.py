@@ -19,6 +19,7 @@ from sqlalchemy import event, select, text
 
 from nara.config import Settings
 from nara.security import audit
+from nara.security.actors import SYSTEM
 from nara.security.schema import audit_access, audit_event, audit_review, drop_guard_statements, install_guards
 from nara.server.app import create_app
 from nara.store.store import Store
@@ -165,6 +166,42 @@ def test_r_log_2_records_cannot_be_changed_or_deleted(region: Region, store: Sto
             conn.exec_driver_sql(stmt)
     assert region.fhir.post("AuditEvent", content=b'{"resourceType":"AuditEvent"}', headers=JSON).status_code == 405
     assert region.fhir.delete(f"AuditEvent/{seq}").status_code == 405
+
+
+def test_r_log_2_only_sealing_may_set_a_records_chain_columns_once(region: Region, store: Store) -> None:
+    """The one change the guard lets through is the sealer's: the chain columns of an unsealed record, set once,
+    nothing else with them. Resealing, or sealing while changing a field, is refused, as is changing an access."""
+    audit.seal_all(store.engine)
+    sealed = events(store)[-1]
+    refused = [
+        f"UPDATE audit_event SET chain_seq = chain_seq + 1000000 WHERE seq = {sealed.seq}",
+        f"UPDATE audit_event SET hash = 'x' WHERE seq = {sealed.seq}",
+        f"UPDATE audit_access SET patient_id = 'someone-else' WHERE seq = {sealed.seq}",
+    ]
+    for stmt in refused:
+        with (
+            pytest.raises(Exception, match="audit records cannot be changed"),
+            store.engine.connect().execution_options(nara_write=True) as conn,
+            conn.begin(),
+        ):
+            conn.exec_driver_sql(stmt)
+    rec = audit.AuditRecord("read", "permit", SYSTEM, "Observation", "o1", "GET /fhir/Observation/o1")
+    with store.engine.connect().execution_options(nara_write=True) as conn:
+        trans = conn.begin()  # rolled back at the end: the hand-made chain values must not stay
+        # A record not yet sealed (uncommitted, so no sealer sees it): sealing it while changing a field is refused.
+        seq = audit.record(conn, rec)
+        with pytest.raises(Exception, match="audit records cannot be changed"), conn.begin_nested():
+            conn.exec_driver_sql(
+                f"UPDATE audit_event SET chain_seq = 999999999, prev_hash = 'p', hash = 'h', user_id = 'x' "
+                f"WHERE seq = {seq}"
+            )
+        # Sealing it alone goes through, once.
+        conn.exec_driver_sql(
+            f"UPDATE audit_event SET chain_seq = 999999999, prev_hash = 'p', hash = 'h' WHERE seq = {seq}"
+        )
+        with pytest.raises(Exception, match="audit records cannot be changed"), conn.begin_nested():
+            conn.exec_driver_sql(f"UPDATE audit_event SET chain_seq = 999999998 WHERE seq = {seq}")
+        trans.rollback()
 
 
 def _unguarded(store: Store, sql: str) -> None:

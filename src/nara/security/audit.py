@@ -458,7 +458,12 @@ def seal(engine: Engine, limit: int = SEAL_BATCH, wait: bool = False) -> int:
             h = chain_hash(prev, r, accesses.get(r.seq, []))
             sealed.append({"k_seq": r.seq, "v_chain": chain_seq, "v_prev": prev, "v_hash": h})
             prev = h
-        if sealed:
+        if sealed and pg:
+            # One statement for the batch (the values as arrays): a statement per record cost PostgreSQL more
+            # in executing statements than in updating rows.
+            columns = ("k_seq", "v_chain", "v_prev", "v_hash")
+            conn.exec_driver_sql(_SEAL_PG, {k: [x[k] for x in sealed] for k in columns})
+        elif sealed:
             conn.execute(
                 update(audit_event)
                 .where(audit_event.c.seq == bindparam("k_seq"), audit_event.c.chain_seq.is_(None))
@@ -466,6 +471,13 @@ def seal(engine: Engine, limit: int = SEAL_BATCH, wait: bool = False) -> int:
                 sealed,
             )
         return len(rows)
+
+
+_SEAL_PG = (
+    "UPDATE audit_event SET chain_seq = v.chain_seq, prev_hash = v.prev_hash, hash = v.hash "
+    "FROM unnest(%(k_seq)s::bigint[], %(v_chain)s::bigint[], %(v_prev)s::text[], %(v_hash)s::text[]) "
+    "AS v(seq, chain_seq, prev_hash, hash) WHERE audit_event.seq = v.seq AND audit_event.chain_seq IS NULL"
+)
 
 
 def seal_all(engine: Engine) -> int:
