@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import delete, func, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
-from nara.security.schema import audit_event
+from nara.security.schema import audit_event, audit_review
 from nara.store.database import create_engine, drop_database
 from nara.store.migrate import alembic_config, current_revision
 from nara.store.store import Store
@@ -116,6 +116,42 @@ def test_r_log_2_the_retention_period_follows_the_setting_and_is_never_under_fiv
     assert _delete_audit_record(fresh_url, seq) is None  # seven years old: past the five-year period
     recent = _old_audit_record(fresh_url, 4)
     assert "within the retention period" in (_delete_audit_record(fresh_url, recent) or "")
+
+
+def test_r_log_2_a_completed_review_is_kept_for_the_retention_period_and_may_go_after_it(fresh_url: str) -> None:
+    """Log reviews (R-LOG-4) are audit records too: refused deletion while recent, allowed once past retention."""
+    done = nara("db", "upgrade", "--database-url", fresh_url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    engine = create_engine(fresh_url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    try:
+        ids = {}
+        with engine.connect() as conn, conn.begin():
+            for name, years in (("old", 7), ("recent", 1)):
+                ids[name] = conn.execute(
+                    insert(audit_review)
+                    .values(
+                        reviewed_at=now - timedelta(days=365 * years),
+                        reviewer="SE2321000016-AUD",
+                        events="1",
+                        finding="inga avvikelser",
+                        action="ingen",
+                    )
+                    .returning(audit_review.c.id)
+                ).scalar_one()
+
+        def remove(name: str) -> str | None:
+            try:
+                with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+                    conn.execute(delete(audit_review).where(audit_review.c.id == ids[name]))
+                return None
+            except DBAPIError as e:
+                return str(e.orig)
+
+        assert "within the retention period" in (remove("recent") or "")
+        assert remove("old") is None
+    finally:
+        engine.dispose()
 
 
 def test_db_upgrade_reports_an_unreachable_database_without_a_trace() -> None:

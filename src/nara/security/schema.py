@@ -156,7 +156,9 @@ def guard_statements(dialect: str, retention_days: int) -> list[str]:
 CREATE OR REPLACE FUNCTION nara_audit_guard() RETURNS trigger AS $$
 BEGIN
   IF TG_OP = 'DELETE' THEN
-    IF OLD.recorded_at > (now() AT TIME ZONE 'UTC') - interval '{int(retention_days)} days' THEN
+    -- TG_ARGV[0]: the row's time column (recorded_at; reviewed_at for a review)
+    IF (to_jsonb(OLD) ->> TG_ARGV[0])::timestamp
+       > (now() AT TIME ZONE 'UTC') - interval '{int(retention_days)} days' THEN
       RAISE EXCEPTION 'audit records cannot be deleted within the retention period';
     END IF;
     RETURN OLD;
@@ -165,16 +167,16 @@ BEGIN
 END $$ LANGUAGE plpgsql""",
             "DROP TRIGGER IF EXISTS nara_audit_event_guard ON audit_event",
             "CREATE TRIGGER nara_audit_event_guard BEFORE DELETE ON audit_event "
-            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard('recorded_at')",
             "DROP TRIGGER IF EXISTS nara_audit_event_sealing_only ON audit_event",
             "CREATE TRIGGER nara_audit_event_sealing_only BEFORE UPDATE ON audit_event "
-            f"FOR EACH ROW WHEN (NOT ({_sealing_only(dialect)})) EXECUTE FUNCTION nara_audit_guard()",
+            f"FOR EACH ROW WHEN (NOT ({_sealing_only(dialect)})) EXECUTE FUNCTION nara_audit_guard('recorded_at')",
             "DROP TRIGGER IF EXISTS nara_audit_access_guard ON audit_access",
             "CREATE TRIGGER nara_audit_access_guard BEFORE UPDATE OR DELETE ON audit_access "
-            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard('recorded_at')",
             "DROP TRIGGER IF EXISTS nara_audit_review_guard ON audit_review",
             "CREATE TRIGGER nara_audit_review_guard BEFORE UPDATE OR DELETE ON audit_review "
-            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard()",
+            "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard('reviewed_at')",
         ]
     keep = f"datetime('now', '-{int(retention_days)} days')"
     return [
