@@ -212,6 +212,11 @@ def _compile_shaped(element: ShapedCondition, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(element.condition, **kw))
 
 
+def _own_unit(columns: Any) -> ColumnElement[bool]:
+    """Rows (``columns``: a table's ``.c``) of my own unit, or with no owning unit (late bound)."""
+    return or_(columns.owner_unit == _late("unit"), columns.owner_unit.is_(None))
+
+
 def _active(t: Any, now: Any) -> ColumnElement[bool]:
     return and_(or_(t.c.starts.is_(None), t.c.starts <= now), or_(t.c.ends.is_(None), t.c.ends >= now))
 
@@ -329,11 +334,11 @@ class Policy:
         relation = care or emergency
         svod = bool(self.shape[5] and (consent or emergency))  # other providers' data (R-ACC-3)
         broken = {r.org for r in rows if r.kind == "break" and r.employee == me and self._current(r)}
-        blocks = [
-            r
-            for r in rows
-            if r.kind == "block" and r.org not in (asg.unit, asg.provider) and r.org not in broken and relation
-        ]
+        blocks = (
+            [r for r in rows if r.kind == "block" and r.org not in (asg.unit, asg.provider) and r.org not in broken]
+            if relation
+            else []
+        )
         if not blocks:
             return self._pinned_without_blocks(a, suppressed, relation, svod)
         conds = []
@@ -353,7 +358,7 @@ class Policy:
         if suppressed:
             cond: ColumnElement[bool] = and_(or_(*crossing), blocked) if crossing else false()
         else:
-            own = or_(a.c.owner_unit == _late("unit"), a.c.owner_unit.is_(None))
+            own = _own_unit(a.c)
             cond = or_(own, and_(or_(*crossing), not_(blocked))) if crossing else own
         return self._with_scope_types(a, cond)
 
@@ -368,8 +373,7 @@ class Policy:
         if not relation or suppressed:
             cond: ColumnElement[bool] = false()
         else:
-            own = or_(a.c.owner_unit == _late("unit"), a.c.owner_unit.is_(None))
-            cond = or_(own, *self._pinned_crossing(a, svod))
+            cond = or_(_own_unit(a.c), *self._pinned_crossing(a, svod))
         return _remember(key, ShapedCondition(self._with_scope_types(a, cond), (self.shape, *key[2:]), a))
 
     def _pinned_crossing(self, a: Alias, svod: bool) -> list[ColumnElement[bool]]:
@@ -435,11 +439,10 @@ class Policy:
             # Consent and block store unreadable: own-unit data only (R-BLK-5).
             if blocked_rows:
                 return false()
-            own = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
-            return or_(non_patient, and_(care, own))
+            return or_(non_patient, and_(care, _own_unit(a.c)))
         emergency = self._assertion(a.c.patient_id, "emergency")
         relation = or_(care, emergency)
-        own_unit = or_(a.c.owner_unit == unit, a.c.owner_unit.is_(None))
+        own_unit = _own_unit(a.c)
         other_unit = and_(a.c.owner_org == provider, a.c.owner_unit != unit)
         other_provider = and_(a.c.owner_org.is_not(None), a.c.owner_org != provider)
         allowed_parts = []
@@ -538,7 +541,7 @@ class Policy:
         if actor.kind != "staff" or a is None or a.purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
             return literal(self.access_type(None, None), String())  # the same for every row
         branches: list[tuple[ColumnElement[bool], str]] = [
-            (or_(row.owner_unit.is_(None), row.owner_unit == _late("unit")), "own-unit"),
+            (_own_unit(row), "own-unit"),
             (row.owner_org == _late("provider"), "other-unit"),
         ]
         if self.rules_available:
