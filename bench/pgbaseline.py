@@ -12,7 +12,6 @@ All of it runs in a scratch database (``nara_bench_baseline``) that is dropped a
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ import orjson
 import psycopg
 
 from bench.stats import latency_summary
+from bench.target import process_cpu_seconds
 
 BASELINE_DB = "nara_bench_baseline"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
@@ -83,21 +83,21 @@ def backend_cpu_seconds(db: str) -> float | None:
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, found = 0, False
+    total, found = 0.0, False
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if not title.startswith("postgres:") or f" {db} " not in title:
-                continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-        found = True
-    return total / ticks if found else None
+        if not title.startswith("postgres:") or f" {db} " not in title:
+            continue
+        seconds = process_cpu_seconds(int(entry.name))
+        if seconds is not None:
+            total += seconds
+            found = True
+    return total if found else None
 
 
 def table_activity(db: str, top: int = 8) -> list[dict[str, Any]]:

@@ -509,7 +509,32 @@ def security_targets(data: dict[str, Any], earlier: list[dict[str, Any]] | None 
         "that writes no read audit (`bench/unaudited_server.py`, benchmark only).",
         "",
         *table(("figure", "goal", "measured", "met"), rows),
+        *cpu_lines(extra.get("cpu_per_request")),
         *audit_chain_lines(extra.get("audit_chain")),
+    ]
+
+
+def cpu_lines(cpu: dict[str, dict[str, dict[str, float | None]]] | None) -> list[str]:
+    """CPU per request of each kind and actor (the security scenario's cpu_per_request; no goal): the server
+    worker's and PostgreSQL's, median over repetitions. It varies far less between runs than throughput."""
+    if not cpu:
+        return []
+    actors = (("unaudited", "superuser, no read audit"), ("superuser", "superuser"), ("staff", "staff"))
+    present = [(who, label) for who, label in actors if any(who in by_who for by_who in cpu.values())]
+
+    def cell(v: dict[str, float | None] | None) -> str:
+        if not v or v.get("server_cpu_ms") is None:
+            return "–"
+        db = v.get("db_cpu_ms")
+        return f"{v['server_cpu_ms']:.2f} + {db:.2f}" if db is not None else f"{v['server_cpu_ms']:.2f} + ?"
+
+    rows = [(kind, *(cell(by_who.get(who)) for who, _ in present)) for kind, by_who in cpu.items()]
+    return [
+        "",
+        "CPU per request in ms, server worker + PostgreSQL (median of the repetitions; no goal; the database "
+        "figure counts every backend of the scenario's database, a sealer's too):",
+        "",
+        *table(("request", *(label for _, label in present)), rows),
     ]
 
 

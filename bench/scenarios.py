@@ -953,6 +953,7 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
             seconds = max(s.seconds, SECURITY_SECONDS)
             conns = s.search_connections
             results: dict[str, dict[str, float]] = {}
+            cpu: dict[str, dict[str, dict[str, float | None]]] = {}
             for kind, reqs in (("read", reads), ("search", searches)):
                 runners: dict[str, Callable[[], tuple[dict[str, Any], str]]] = {}
                 if bare is not None:
@@ -966,9 +967,13 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                         if who != "unaudited":
                             target.token = tokens[who]
                         load = loadavg()
+                        server = (fx.unaudited if who == "unaudited" else fx.server) if fx else None
+                        cpu0 = cpu_reading(server)
                         sample, commands[who] = runner()
+                        sample.update(cpu_per_request(cpu0, cpu_reading(server), sample["requests"]))
                         sample["loadavg_1m"] = load[0] if load else None
                         samples[who].append(sample)
+                cpu[kind] = {who: median_cpu(rows) for who, rows in samples.items()}
                 for who in runners:
                     label = {
                         "unaudited": "superuser, server without read audit",
@@ -992,6 +997,7 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                     "p95": round(v[f"{who}_p95"] / v[f"{base_who}_p95"] - 1, 3) if v.get(f"{base_who}_p95") else None,
                 }
 
+            sc.record["extra"]["cpu_per_request"] = cpu
             # The policy's cost: staff against the audited superuser (both write an audit record).
             sc.record["extra"]["overhead"] = {kind: cost(v, "staff", "superuser") for kind, v in results.items()}
             if bare is not None:
@@ -1009,6 +1015,35 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
             if fx:
                 fx.server.stop()
                 fx.unaudited.stop()
+
+
+def cpu_reading(server: NaraServer | None) -> tuple[float, float | None] | None:
+    """CPU seconds used so far by ``server``'s processes and by the security database's PostgreSQL backends."""
+    if server is None:
+        return None
+    return server.cpu_seconds(), pgbaseline.backend_cpu_seconds(SECURITY_DB)
+
+
+def cpu_per_request(
+    before: tuple[float, float | None] | None, after: tuple[float, float | None] | None, requests: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per request between two readings: the server's (Python) and PostgreSQL's. The
+    database figure counts every backend of the database, so a sealer still catching up is included."""
+    if before is None or after is None or not requests:
+        return {}
+    out = {"server_cpu_ms": round((after[0] - before[0]) * 1000 / requests, 4)}
+    if before[1] is not None and after[1] is not None:
+        out["db_cpu_ms"] = round((after[1] - before[1]) * 1000 / requests, 4)
+    return out
+
+
+def median_cpu(samples: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The median CPU per request over repetitions (CPU time varies far less between runs than throughput)."""
+    out: dict[str, float | None] = {}
+    for key in ("server_cpu_ms", "db_cpu_ms"):
+        values = [float(x[key]) for x in samples if x.get(key) is not None]
+        out[key] = round(statistics.median(values), 3) if values else None
+    return out
 
 
 def audit_extract(sc: Any, sub: Bench, fx: SecurityFixture, long: bool) -> None:

@@ -144,6 +144,10 @@ class NaraServer:
     def rss_bytes(self) -> int:
         return sum(_rss(pid) for pid in self.pids())
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) used so far by the server process and its workers."""
+        return sum(process_cpu_seconds(pid) or 0.0 for pid in self.pids())
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -188,6 +192,15 @@ def _descendants(pid: int) -> list[int]:
         out.append(p)
         stack.extend(children.get(p, []))
     return out
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far, from /proc; None when it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _cmdline(pid: int) -> bytes:

@@ -276,6 +276,13 @@ def security_run(tmp_path: Path, mode: str, records: int, extract_p95: float) ->
         sc.record["extra"]["audit_overhead"] = {"read": {"throughput": 0.2, "p95": 0.01}}
         sc.record["extra"]["total_overhead"] = {"read": {"throughput": 0.267, "p95": 0.16}}
         sc.record["extra"]["audit_extract_load"] = {"audit_records": records, "per_patient": records // 10_000}
+        sc.record["extra"]["cpu_per_request"] = {
+            "read": {
+                "unaudited": {"server_cpu_ms": 0.66, "db_cpu_ms": 0.08},
+                "superuser": {"server_cpu_ms": 0.72, "db_cpu_ms": 0.27},
+                "staff": {"server_cpu_ms": 0.79, "db_cpu_ms": None},
+            }
+        }
         sc.record["extra"]["audit_chain"] = {
             "records_per_repetition": 50_000,
             "seal_ms_per_record": 0.0633,
@@ -302,6 +309,8 @@ def test_security_targets_show_all_three_comparisons_against_the_goal(tmp_path: 
         "sealing takes 0.063 ms a record, of which PostgreSQL's CPU 0.026 ms; `nara audit verify` walks 33,594 "
         "records a second."
     ) in section
+    assert "| request | superuser, no read audit | superuser | staff |" in section
+    assert "| read | 0.66 + 0.08 | 0.72 + 0.27 | 0.79 + ? |" in section
 
 
 def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_run(tmp_path: Path) -> None:
