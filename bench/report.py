@@ -515,8 +515,8 @@ def security_targets(data: dict[str, Any], earlier: list[dict[str, Any]] | None 
 
 
 def cpu_lines(cpu: dict[str, dict[str, dict[str, float | None]]] | None) -> list[str]:
-    """CPU per request of each kind and actor (the security scenario's cpu_per_request; no goal): the server
-    worker's and PostgreSQL's, median over repetitions. It varies far less between runs than throughput."""
+    """CPU per request of each kind and actor (the security scenario's cpu_per_request; no goal): the server's
+    processes' and PostgreSQL's, median over repetitions."""
     if not cpu:
         return []
     actors = (("unaudited", "superuser, no read audit"), ("superuser", "superuser"), ("staff", "staff"))
@@ -531,8 +531,9 @@ def cpu_lines(cpu: dict[str, dict[str, dict[str, float | None]]] | None) -> list
     rows = [(kind, *(cell(by_who.get(who)) for who, _ in present)) for kind, by_who in cpu.items()]
     return [
         "",
-        "CPU per request in ms, server worker + PostgreSQL (median of the repetitions; no goal; the database "
-        "figure counts every backend of the scenario's database, a sealer's too):",
+        "CPU per request in ms, the server's processes (worker and audit sealer) + PostgreSQL's backends (median "
+        "of the repetitions; no goal; the database figure counts every backend of the scenario's database, a "
+        "sealer's too):",
         "",
         *table(("request", *(label for _, label in present)), rows),
     ]

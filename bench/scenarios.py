@@ -1027,8 +1027,9 @@ def cpu_reading(server: NaraServer | None) -> tuple[float, float | None] | None:
 def cpu_per_request(
     before: tuple[float, float | None] | None, after: tuple[float, float | None] | None, requests: int
 ) -> dict[str, float]:
-    """Milliseconds of CPU per request between two readings: the server's (Python) and PostgreSQL's. The
-    database figure counts every backend of the database, so a sealer still catching up is included."""
+    """Milliseconds of CPU per request between two readings: the server's processes' (its worker and, under
+    ``nara serve``, its audit sealer) and PostgreSQL's. The database figure counts every backend of the
+    database, so a sealer still catching up is included."""
     if before is None or after is None or not requests:
         return {}
     out = {"server_cpu_ms": round((after[0] - before[0]) * 1000 / requests, 4)}
@@ -1038,7 +1039,8 @@ def cpu_per_request(
 
 
 def median_cpu(samples: list[dict[str, Any]]) -> dict[str, float | None]:
-    """The median CPU per request over repetitions (CPU time varies far less between runs than throughput)."""
+    """The median CPU per request over repetitions (it shows where a request's cost lies; like throughput, it
+    moves with the machine's state between runs)."""
     out: dict[str, float | None] = {}
     for key in ("server_cpu_ms", "db_cpu_ms"):
         values = [float(x[key]) for x in samples if x.get(key) is not None]
