@@ -8,6 +8,7 @@ recorded in the result file it comes from; nothing on the page is typed by hand.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -670,7 +671,11 @@ def write(results_dir: Path = RESULTS_DIR, doc: Path = DOC) -> Path:
     return doc
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report", description="Regenerate docs/performance.md from bench/results/*.json."
+    )
+    parser.parse_args(argv)
     out = write()
     print(f"Wrote {out}")
     return 0

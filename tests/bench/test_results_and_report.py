@@ -323,3 +323,17 @@ def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_r
         f"| log extract, 10,000,000 audit records (about 1000 per patient), run `{older.run_id}` "
         "| p95 < 200 ms with 10 million records | p95 120.0 ms | yes |"
     ) in section
+
+
+def test_report_help_and_unknown_options_answer_without_regenerating_the_document(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = report.DOC.stat().st_mtime_ns if report.DOC.exists() else None
+    with pytest.raises(SystemExit) as shown:
+        report.main(["--help"])
+    assert shown.value.code == 0
+    assert "Regenerate docs/performance.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        report.main(["--no-such-option"])
+    assert refused.value.code == 2
+    assert (report.DOC.stat().st_mtime_ns if report.DOC.exists() else None) == before
