@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from nara.fhir.dates import local_zone, utcnow
 from nara.security.actors import Actor
 from nara.security.schema import audit_access, audit_event, audit_review, pdl_rule
+from nara.store.memo import Memo
 
 GENESIS = "0" * 64
 SEAL_BATCH = 5000  # records chained per sealing transaction
@@ -235,12 +236,9 @@ class RecordingRead:
 
     def read(self, conn: Connection, stmt: Select[Any], params: dict[str, Any]) -> Any:
         self.used = True
-        key = (id(stmt), self.policy.shape)
-        hit = _RECORDING_READS.get(key)
-        if hit is None:
-            if len(_RECORDING_READS) >= _RECORDING_READS_MAX:
-                _RECORDING_READS.clear()
-            hit = _RECORDING_READS[key] = (stmt, read_with_record(stmt, self.policy.access_type_sql))
+        hit = _RECORDING_READS.get(
+            (id(stmt), self.policy.shape), lambda: (stmt, read_with_record(stmt, self.policy.access_type_sql))
+        )
         event, _ = _event_params(self.rec, now_utc())
         row = conn.execute(hit[1], {**params, **{f"ev_{c}": v for c, v in event.items()}}).first()
         self.seq = None if row is None or row.audit_seq is None else int(row.audit_seq)
@@ -248,8 +246,7 @@ class RecordingRead:
 
 
 # Recording reads, one per read statement and policy shape (the entry keeps the read statement and its id alive).
-_RECORDING_READS: dict[tuple[int, Any], tuple[Select[Any], Select[Any]]] = {}
-_RECORDING_READS_MAX = 1024
+_RECORDING_READS: Memo[tuple[int, Any], tuple[Select[Any], Select[Any]]] = Memo(1024)
 
 
 def read_with_record(stmt: Select[Any], access_type: Any) -> Select[Any]:

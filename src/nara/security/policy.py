@@ -61,6 +61,7 @@ from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, A
 from nara.security.rules import consent_kind, ref_id
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
+from nara.store.memo import Memo
 from nara.store.schema import sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
@@ -113,16 +114,7 @@ PUBLIC_LIST = sorted(PUBLIC_TYPES)
 # then reused: the values that differ between users (unit, provider, practitioner, patient, the moment)
 # are bound late, from this variable, when a statement runs.
 ACTIVE_POLICY: ContextVar[Policy | None] = ContextVar("nara_active_policy", default=None)
-_FILTERS: dict[tuple[Any, ...], ColumnElement[bool] | None] = {}
-_FILTERS_MAX = 2048
-
-
-def _remember(key: tuple[Any, ...], cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
-    """Keep a built filter for its key (the cache is bounded: emptied when full)."""
-    if len(_FILTERS) >= _FILTERS_MAX:
-        _FILTERS.clear()
-    _FILTERS[key] = cond
-    return cond
+_FILTERS: Memo[tuple[Any, ...], ColumnElement[bool] | None] = Memo(2048)
 
 
 def _active_value(name: str) -> Any:
@@ -270,11 +262,11 @@ class Policy:
         return self._filter(a, blocked_rows=True)
 
     def _filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
-        key = (self.shape, a, blocked_rows)
-        if key in _FILTERS:
-            return _FILTERS[key]
+        return _FILTERS.get((self.shape, a, blocked_rows), lambda: self._build_filter(a, blocked_rows))
+
+    def _build_filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
         cond = self._with_scope_types(a, self._pdl_filter(a, blocked_rows))
-        return _remember(key, ShapedCondition(cond, (self.shape, blocked_rows), a) if cond is not None else None)
+        return ShapedCondition(cond, (self.shape, blocked_rows), a) if cond is not None else None
 
     def patient_rules(self, tx: Tx, patient: str) -> list[Any]:
         """The patient's care relationship at my unit and access rules (consents, emergency assertions,
@@ -367,14 +359,16 @@ class Policy:
     ) -> ColumnElement[bool] | None:
         """The pinned filter of a patient with no block that concerns me (the common case): the same for every
         such patient, so it is built once per shape and these facts, its values bound late (``_filter``)."""
-        key = (self.shape, a, "pinned", suppressed, relation, svod)
-        if key in _FILTERS:
-            return _FILTERS[key]
-        if not relation or suppressed:
-            cond: ColumnElement[bool] = false()
-        else:
-            cond = or_(_own_unit(a.c), *self._pinned_crossing(a, svod))
-        return _remember(key, ShapedCondition(self._with_scope_types(a, cond), (self.shape, *key[2:]), a))
+        facts = ("pinned", suppressed, relation, svod)
+
+        def build() -> ColumnElement[bool] | None:
+            if not relation or suppressed:
+                cond: ColumnElement[bool] = false()
+            else:
+                cond = or_(_own_unit(a.c), *self._pinned_crossing(a, svod))
+            return ShapedCondition(self._with_scope_types(a, cond), (self.shape, *facts), a)
+
+        return _FILTERS.get((self.shape, a, *facts), build)
 
     def _pinned_crossing(self, a: Alias, svod: bool) -> list[ColumnElement[bool]]:
         """Rows of other units or providers the pinned patient's facts let me reach (before blocks)."""

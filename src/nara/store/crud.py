@@ -25,6 +25,7 @@ from nara.fhir.searchparams import compartment_patient, extract
 from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
 from nara.store.indexing import delete_index, index_params, insert_index, mask_of
+from nara.store.memo import Memo
 from nara.store.schema import resource, resource_history
 
 if TYPE_CHECKING:
@@ -127,8 +128,7 @@ class ReadRecorder(Protocol):
 
 # Read-by-id statements, one per row filter (the policy's filters are cached objects, one per policy shape). A
 # statement object used again keeps its SQL cache key, so a read builds no statement; the values are bound.
-_READ_BY_ID: dict[tuple[int, ...], tuple[list[Any], Select[Any]]] = {}
-_READ_BY_ID_MAX = 1024
+_READ_BY_ID: Memo[tuple[int, ...], tuple[list[Any], Select[Any]]] = Memo(1024)
 
 
 class Tx:
@@ -186,16 +186,15 @@ class Tx:
     def _read_by_id(self) -> Select[Any]:
         """The read-by-id statement under this transaction's row filter (values bound as read_type, read_id)."""
         conds = self.visible(resource)
-        key = (int(self.pg), *(id(c) for c in conds))  # the cached entry keeps the conditions (and their ids) alive
-        hit = _READ_BY_ID.get(key)
-        if hit is None:
-            if len(_READ_BY_ID) >= _READ_BY_ID_MAX:
-                _READ_BY_ID.clear()
-            stmt: Select[Any] = select(*_RESOURCE_COLS, json_out(resource.c.content, self.pg).label("content")).where(
+        key = (int(self.pg), *(id(c) for c in conds))  # the memo's entry keeps the conditions (and their ids) alive
+
+        def build() -> tuple[list[Any], Select[Any]]:
+            stmt = select(*_RESOURCE_COLS, json_out(resource.c.content, self.pg).label("content")).where(
                 resource.c.res_type == bindparam("read_type"), resource.c.res_id == bindparam("read_id"), *conds
             )
-            hit = _READ_BY_ID[key] = (conds, stmt)
-        return hit[1]
+            return conds, stmt
+
+        return _READ_BY_ID.get(key, build)[1]
 
     def _hidden_or_missing(self, rtype: str, rid: str) -> NoReturn:
         """Raise 403 when the resource exists but the policy hides it, else 404."""
