@@ -970,8 +970,7 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                         server = (fx.unaudited if who == "unaudited" else fx.server) if fx else None
                         cpu0 = cpu_reading(server)
                         sample, commands[who] = runner()
-                        if not sample.get("extended"):  # an extended repetition ran wrk twice: no figure
-                            sample.update(cpu_per_request(cpu0, cpu_reading(server), sample["requests"]))
+                        sample.update(cpu_per_request(cpu0, cpu_reading(server), sample))
                         sample["loadavg_1m"] = load[0] if load else None
                         samples[who].append(sample)
                 cpu[kind] = {who: median_cpu(rows) for who, rows in samples.items()}
@@ -1026,12 +1025,14 @@ def cpu_reading(server: NaraServer | None) -> tuple[float, float | None] | None:
 
 
 def cpu_per_request(
-    before: tuple[float, float | None] | None, after: tuple[float, float | None] | None, requests: int
+    before: tuple[float, float | None] | None, after: tuple[float, float | None] | None, sample: dict[str, Any]
 ) -> dict[str, float]:
-    """Milliseconds of CPU per request between two readings: the server's processes' (its worker and, under
-    ``nara serve``, its audit sealer) and PostgreSQL's. The database figure counts every backend of the
-    database, so a sealer still catching up is included."""
-    if before is None or after is None or not requests:
+    """Milliseconds of CPU per request of a wrk repetition (``sample``) between two readings: the server's
+    processes' (its worker and, under ``nara serve``, its audit sealer) and PostgreSQL's. The database figure
+    counts every backend of the database, so a sealer still catching up is included. A repetition that wrk
+    had to extend ran twice, its CPU covering both runs and its request count only the second: no figure."""
+    requests = sample.get("requests") or 0
+    if before is None or after is None or not requests or sample.get("extended"):
         return {}
     out = {"server_cpu_ms": round((after[0] - before[0]) * 1000 / requests, 4)}
     if before[1] is not None and after[1] is not None:
