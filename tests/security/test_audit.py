@@ -24,7 +24,7 @@ from nara.security.schema import audit_access, audit_event, audit_review, drop_g
 from nara.server.app import create_app
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
-from tests.security.region import JSON, VC, Region, actor, build_region, consent, observation
+from tests.security.region import AVD, JSON, VC, Region, actor, build_region, consent, observation
 
 
 @pytest.fixture
@@ -127,6 +127,49 @@ def test_r_log_1_on_postgresql_a_read_by_id_writes_its_record_in_the_reading_sta
     writing = [sql for sql in seen if "audit_event" in sql]
     assert len(writing) == 1 and "FROM resource" in writing[0] and "INSERT INTO audit_access" in writing[0]
     assert len([sql for sql in seen if "FROM resource" in sql]) == 1
+
+
+def test_r_log_1_a_search_logs_the_rows_it_shows_page_by_page_one_record_per_request(
+    region: Region, store: Store
+) -> None:
+    """The page statement fetches one row more than it shows (to know whether a next page exists): that row's
+    owner must not appear in the log. Paging, empty pages and protected identity are recorded the same way,
+    one record per request."""
+    anna, hidden = region.patients["anna"], region.patients["hidden"]
+    region.post(observation(anna, "8867-4", 64), region.staff["avdsjf"].token())  # newer, owned by the ward
+    qa = region.staff["qa"]  # quality assurance: every row of the care provider, typed "quality"
+
+    def owners(bundle: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+        ev = events(store, user_id=qa.hsa, action="search")[-1]
+        assert ev.request.startswith("GET Observation?patient=")
+        return sorted((a.patient_id, a.owner_unit, a.access_type) for a in accesses(store, ev.seq))
+
+    with region.as_(qa.token()) as c:
+        before = len(events(store, user_id=qa.hsa, action="search"))
+        page1 = c.get(f"Observation?patient={anna}&_sort=_lastUpdated&_count=1").json()
+        assert [e["resource"]["code"]["coding"][0]["code"] for e in page1["entry"]] == ["29463-7"]
+        assert owners(page1) == [(anna, VC, "quality")]  # not the ward's row fetched to see a next page
+
+        next_url = next(link["url"] for link in page1["link"] if link["relation"] == "next")
+        page2 = c.get(next_url).json()
+        assert [e["resource"]["code"]["coding"][0]["code"] for e in page2["entry"]] == ["8867-4"]
+        assert owners(page2) == [(anna, AVD, "quality")]
+
+        both = c.get(f"Observation?patient={anna}&_sort=_lastUpdated&_count=2").json()
+        assert owners(both) == [(anna, AVD, "quality"), (anna, VC, "quality")]
+        assert events(store, user_id=qa.hsa, action="search")[-1].patient_count == 1
+
+        empty = c.get(f"Observation?patient={anna}&code=no-such-code").json()
+        assert empty["total"] == 0 and owners(empty) == []
+        assert events(store, user_id=qa.hsa, action="search")[-1].patient_count == 0
+
+    assert len(events(store, user_id=qa.hsa, action="search")) == before + 4  # one record per request
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Patient?_id={hidden}").json()["total"] == 1
+    ev = events(store, user_id=vc.hsa, action="search")[-1]
+    assert ev.flags == "protected-identity" and ev.patient_count == 1
+    assert [(a.patient_id, a.protected) for a in accesses(store, ev.seq)] == [(hidden, True)]
 
 
 def test_r_log_1_writes_are_logged_in_the_same_transaction(region: Region, store: Store) -> None:
