@@ -209,6 +209,16 @@ def _own_unit(columns: Any) -> ColumnElement[bool]:
     return or_(columns.owner_unit == _late("unit"), columns.owner_unit.is_(None))
 
 
+def _other_unit(columns: Any) -> ColumnElement[bool]:
+    """Rows of another unit of my care provider (late bound; R-ACC-2)."""
+    return and_(columns.owner_org == _late("provider"), columns.owner_unit != _late("unit"))
+
+
+def _other_provider(columns: Any) -> ColumnElement[bool]:
+    """Rows of another care provider or care giver (late bound; R-ACC-3, SVOD)."""
+    return and_(columns.owner_org.is_not(None), columns.owner_org != _late("provider"))
+
+
 def _active(t: Any, now: Any) -> ColumnElement[bool]:
     return and_(or_(t.c.starts.is_(None), t.c.starts <= now), or_(t.c.ends.is_(None), t.c.ends >= now))
 
@@ -372,12 +382,11 @@ class Policy:
 
     def _pinned_crossing(self, a: Alias, svod: bool) -> list[ColumnElement[bool]]:
         """Rows of other units or providers the pinned patient's facts let me reach (before blocks)."""
-        unit, provider = _late("unit"), _late("provider")
         crossing = []
         if self.shape[4]:  # other units of the provider, after the active choice (R-ACC-2)
-            crossing.append(and_(a.c.owner_org == provider, a.c.owner_unit != unit))
+            crossing.append(_other_unit(a.c))
         if svod:  # other providers, with consent or emergency access (R-ACC-3)
-            crossing.append(and_(a.c.owner_org.is_not(None), a.c.owner_org != provider))
+            crossing.append(_other_provider(a.c))
         return crossing
 
     def _with_scope_types(self, a: Alias, cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
@@ -437,13 +446,11 @@ class Policy:
         emergency = self._assertion(a.c.patient_id, "emergency")
         relation = or_(care, emergency)
         own_unit = _own_unit(a.c)
-        other_unit = and_(a.c.owner_org == provider, a.c.owner_unit != unit)
-        other_provider = and_(a.c.owner_org.is_not(None), a.c.owner_org != provider)
         allowed_parts = []
         if actor.other_units_chosen and (assignment.has_right("Läsa", "VG") or assignment.has_right("Läsa", "SJF")):
-            allowed_parts.append(other_unit)
+            allowed_parts.append(_other_unit(a.c))
         if assignment.has_right("Läsa", "SJF"):
-            allowed_parts.append(and_(other_provider, or_(self._assertion(a.c.patient_id, "consent"), emergency)))
+            allowed_parts.append(and_(_other_provider(a.c), or_(self._assertion(a.c.patient_id, "consent"), emergency)))
         blocked = self._blocked(a)
         if blocked_rows:
             if not allowed_parts:
