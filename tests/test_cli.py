@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy import Column, delete, func, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from nara.security.schema import audit_event, audit_review
@@ -89,11 +89,12 @@ def _old_audit_record(url: str, years_ago: int) -> int:
         engine.dispose()
 
 
-def _delete_audit_record(url: str, seq: int) -> str | None:
+def _delete_audit_row(url: str, key: Column[int], row_id: int) -> str | None:
+    """Delete the audit row whose ``key`` (e.g. ``audit_event.c.seq``) is ``row_id``: the refusal, or None."""
     engine = create_engine(url)
     try:
         with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
-            conn.execute(delete(audit_event).where(audit_event.c.seq == seq))
+            conn.execute(delete(key.table).where(key == row_id))
         return None
     except DBAPIError as e:
         return str(e.orig)
@@ -105,17 +106,19 @@ def test_r_log_2_the_retention_period_follows_the_setting_and_is_never_under_fiv
     ten = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "10"})
     assert ten.returncode == 0, ten.stdout + ten.stderr
     seq = _old_audit_record(fresh_url, 7)
-    assert "within the retention period" in (_delete_audit_record(fresh_url, seq) or "")
+    assert "within the retention period" in (_delete_audit_row(fresh_url, audit_event.c.seq, seq) or "")
     short = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "3"})
     assert short.returncode != 0
     assert "NARA_AUDIT_RETENTION_YEARS must be at least 5" in short.stdout + short.stderr
     assert not any(sign in short.stdout + short.stderr for sign in TRACE_SIGNS)
-    assert "within the retention period" in (_delete_audit_record(fresh_url, seq) or "")  # still ten years
+    assert "within the retention period" in (
+        _delete_audit_row(fresh_url, audit_event.c.seq, seq) or ""
+    )  # still ten years
     five = nara("db", "upgrade", "--database-url", fresh_url, env_extra={"NARA_AUDIT_RETENTION_YEARS": "5"})
     assert five.returncode == 0, five.stdout + five.stderr
-    assert _delete_audit_record(fresh_url, seq) is None  # seven years old: past the five-year period
+    assert _delete_audit_row(fresh_url, audit_event.c.seq, seq) is None  # seven years old: past the five-year period
     recent = _old_audit_record(fresh_url, 4)
-    assert "within the retention period" in (_delete_audit_record(fresh_url, recent) or "")
+    assert "within the retention period" in (_delete_audit_row(fresh_url, audit_event.c.seq, recent) or "")
 
 
 def test_r_log_2_a_completed_review_is_kept_for_the_retention_period_and_may_go_after_it(fresh_url: str) -> None:
@@ -139,17 +142,8 @@ def test_r_log_2_a_completed_review_is_kept_for_the_retention_period_and_may_go_
                     )
                     .returning(audit_review.c.id)
                 ).scalar_one()
-
-        def remove(name: str) -> str | None:
-            try:
-                with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
-                    conn.execute(delete(audit_review).where(audit_review.c.id == ids[name]))
-                return None
-            except DBAPIError as e:
-                return str(e.orig)
-
-        assert "within the retention period" in (remove("recent") or "")
-        assert remove("old") is None
+        assert "within the retention period" in (_delete_audit_row(fresh_url, audit_review.c.id, ids["recent"]) or "")
+        assert _delete_audit_row(fresh_url, audit_review.c.id, ids["old"]) is None
     finally:
         engine.dispose()
 
