@@ -312,6 +312,24 @@ def test_r_log_2_the_chain_covers_the_accesses_of_records_far_apart_in_number(re
     assert not report.ok and report.first_bad_seq == far and "altered" in (report.problem or "")
 
 
+def test_r_log_2_the_chain_covers_the_time_the_log_extract_shows_for_an_access(region: Region, store: Store) -> None:
+    """The patient's log extract lists an access at its access row's time; moving that time (out of the period
+    the patient asks about, say) is an alteration ``nara audit verify`` reports, like any other."""
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Observation?patient={anna}").status_code == 200
+    audit.seal_all(store.engine)
+    assert audit.verify(store.engine).ok
+    victim = events(store, user_id=region.staff["vc"].hsa, action="search")[-1]
+    assert [a.recorded_at for a in accesses(store, victim.seq)] == [victim.recorded_at]
+    _unguarded(store, f"UPDATE audit_access SET recorded_at = '2019-01-01 00:00:00' WHERE seq = {victim.seq}")
+    with store.engine.connect() as conn:
+        shown = [r.time_utc for r in audit.extract(conn, anna)]
+    assert victim.recorded_at not in shown  # the patient would no longer see the access at its time
+    report = audit.verify(store.engine)
+    assert not report.ok and report.first_bad_seq == victim.seq and "altered" in (report.problem or "")
+
+
 def _sql(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
