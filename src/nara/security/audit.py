@@ -205,7 +205,9 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
         for i, x in enumerate(accesses):
             for c in _ACCESS_COLUMNS:
                 params[f"{c}_{i}"] = getattr(x, c)
-        return int(conn.exec_driver_sql(first, params).scalars().first())
+        written = conn.exec_driver_sql(first, params).scalars().first()  # a row per access, each with the seq
+        assert written is not None  # the statement inserts the event and returns it with every access row
+        return int(written)
     seq = int(conn.exec_driver_sql(first, params).scalar_one())
     if accesses and access_sql is not None:
         conn.exec_driver_sql(
@@ -342,7 +344,7 @@ def record_many(conn: Connection, records: list[tuple[AuditRecord, datetime]]) -
         params["ord"] = i
         events.append(params)
         accesses.extend({"ord": i, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in distinct)
-    seqs = dict(
+    seqs: dict[int, int] = dict(
         conn.exec_driver_sql(
             _record_many_sql(), {"events": orjson.dumps(events).decode(), "accesses": orjson.dumps(accesses).decode()}
         ).all()

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import orjson
 from joserfc import jwt
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeySet, KeySetSerialization, RSAKey
 
 DEV_ISSUER = "urn:nara:dev-idp"
 DEFAULT_AUDIENCE = "nara"
@@ -63,7 +63,7 @@ def signing_key(path: Path | None = None) -> RSAKey:
         return key
 
 
-def public_jwks(key: RSAKey) -> dict[str, Any]:
+def public_jwks(key: RSAKey) -> KeySetSerialization:
     return {"keys": [key.as_dict(private=False)]}
 
 

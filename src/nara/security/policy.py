@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     Boolean,
@@ -389,6 +389,10 @@ class Policy:
             crossing.append(_other_provider(a.c))
         return crossing
 
+    @overload
+    def _with_scope_types(self, a: Alias, cond: ColumnElement[bool]) -> ColumnElement[bool]: ...
+    @overload
+    def _with_scope_types(self, a: Alias, cond: None) -> ColumnElement[bool] | None: ...
     def _with_scope_types(self, a: Alias, cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
         """``cond`` (None: every row) limited to the resource types the token's scopes allow (late bound)."""
         has_types = self.shape[6]

@@ -186,7 +186,8 @@ def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> l
             employee = next((e for e in (ref_id(r, "Practitioner") for r in _actors(prov, "IRCP")) if e), None)
             custodians = [ref_id(r, "Organization") for r in _actors(prov, "CST")]
             if employee:
-                for c in [c for c in custodians if c] or [None]:
+                orgs: list[str | None] = [c for c in custodians if c] or [None]
+                for c in orgs:
                     rows.append(row("break", org=c, employee=employee, starts=starts, ends=ends))
         elif kind == "representative":
             for r in _actors(prov, "representative"):
