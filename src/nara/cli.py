@@ -414,23 +414,40 @@ def audit_seal(database_url: str | None = DB_OPTION) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(database_url: str | None = DB_OPTION) -> None:
+def audit_verify(
+    anchor: list[str] = typer.Option(
+        [],
+        "--anchor",
+        metavar="POSITION:HASH",
+        help="A head printed earlier and kept outside the database; the chain must still hold it (repeatable)",
+    ),
+    database_url: str | None = DB_OPTION,
+) -> None:
     """Verify the audit hash chain; report the first altered, inserted or deleted record."""
     from sqlalchemy.engine import Engine
 
-    from nara.security.audit import verify
+    from nara.security.audit import parse_anchor, verify
 
+    try:
+        anchors = dict(parse_anchor(a) for a in anchor)
+    except ValueError as e:
+        err.print(f"[bold red]{e}[/]", soft_wrap=True)
+        raise typer.Exit(2) from None
     engine = _engine(database_url)
     assert isinstance(engine, Engine)
     with console.status("Verifying the audit chain..."):
-        report = verify(engine)
+        report = verify(engine, anchors=anchors)
     engine.dispose()
     if not report.ok:
-        err.print(f"[bold red]Audit chain broken[/] after {report.checked} good records: {report.problem}")
+        broken = f"[bold red]Audit chain broken[/] after {report.checked} good records: {report.problem}"
+        err.print(broken, soft_wrap=True)
         raise typer.Exit(3)
+    head = f"{report.checked}:{report.head_hash}" if report.head_hash else "-"
     console.print(
-        f"Audit chain intact: {report.checked} sealed records; {report.unsealed} not yet sealed. "
-        f"Head: {report.head_hash or '-'}"
+        f"Audit chain intact: {report.checked} sealed records; {report.unsealed} not yet sealed"
+        f"{f'; {len(anchors)} anchors held' if anchors else ''}. Head (keep it outside the database, "
+        f"check it later with --anchor): {head}",
+        soft_wrap=True,
     )
 
 

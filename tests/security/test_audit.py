@@ -330,6 +330,66 @@ def test_r_log_2_the_chain_covers_the_time_the_log_extract_shows_for_an_access(r
     assert not report.ok and report.first_bad_seq == victim.seq and "altered" in (report.problem or "")
 
 
+def _chain(store: Store) -> dict[int, str]:
+    """The sealed chain as ``nara audit verify`` anchors it: position -> hash."""
+    return {r.chain_seq: r.hash for r in events(store) if r.chain_seq is not None}
+
+
+def test_r_log_2_an_anchored_head_reveals_a_chain_rewritten_or_cut_short(region: Region, store: Store) -> None:
+    """A chain rehashed from an altered record, or with its last records deleted, is consistent in itself: only a
+    head kept outside the database (an anchor) shows it."""
+    audit.seal_all(store.engine)
+    report = audit.verify(store.engine)
+    chain = _chain(store)
+    head = len(chain)
+    assert report.ok and report.head_hash == chain[head] and head >= 6
+    middle = head // 2
+    anchors = {middle: chain[middle], head: chain[head]}
+    assert audit.verify(store.engine, anchors=anchors).ok
+    # Rewritten: a record in the middle altered and everything from it sealed again, as a database superuser could.
+    _unguarded(
+        store,
+        f"UPDATE audit_event SET user_name = CASE WHEN chain_seq = {middle} THEN 'someone else' ELSE user_name END, "
+        f"chain_seq = NULL, prev_hash = NULL, hash = NULL WHERE chain_seq >= {middle}",
+    )
+    audit.seal_all(store.engine)
+    assert audit.verify(store.engine).ok  # nothing to see without an anchor
+    rewritten = _chain(store)
+    assert len(rewritten) == head and rewritten[middle - 1] == chain[middle - 1] and rewritten[middle] != chain[middle]
+    bad = audit.verify(store.engine, anchors=anchors)
+    assert not bad.ok and bad.checked == middle - 1 and "rewritten" in (bad.problem or "")
+    assert audit.verify(store.engine, anchors={middle - 1: chain[middle - 1]}).ok  # the part before it still holds
+    # Cut short: the last two records deleted.
+    _unguarded(
+        store, f"DELETE FROM audit_access WHERE seq IN (SELECT seq FROM audit_event WHERE chain_seq > {head - 2})"
+    )
+    _unguarded(store, f"DELETE FROM audit_event WHERE chain_seq > {head - 2}")
+    assert audit.verify(store.engine).ok
+    cut = audit.verify(store.engine, anchors={head: rewritten[head]})
+    assert not cut.ok and cut.checked == head - 2 and "deleted from its end" in (cut.problem or "")
+
+
+def test_r_log_2_nara_audit_verify_checks_anchors_and_prints_the_next_one(region: Region, backend: Backend) -> None:
+    audit.seal_all(backend.store.engine)
+    cli = [sys.executable, "-m", "nara.cli", "audit", "verify", "--database-url", backend.url]
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0 and "intact" in first.stdout, first.stdout + first.stderr
+    printed = first.stdout.split()[-1]
+    position, digest = audit.parse_anchor(printed)
+    assert _chain(backend.store)[position] == digest
+    held = subprocess.run([*cli, "--anchor", printed], capture_output=True, text=True, timeout=120)
+    assert held.returncode == 0 and "1 anchors held" in held.stdout, held.stdout + held.stderr
+    wrong = f"{position}:{'0' * 64}"
+    broken = subprocess.run([*cli, "--anchor", wrong], capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 3 and "anchored hash" in broken.stderr, broken.stdout + broken.stderr
+    beyond = subprocess.run([*cli, "--anchor", f"{position + 100}:{digest}"], capture_output=True, text=True)
+    assert beyond.returncode == 3 and "deleted from its end" in beyond.stderr, beyond.stdout + beyond.stderr
+    for malformed in ("12", "x:" + digest, "0:" + digest, "5:abc"):
+        refused = subprocess.run([*cli, "--anchor", malformed], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "is not an anchor" in refused.stderr, malformed
+        assert "Traceback" not in refused.stderr
+
+
 def _sql(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 

@@ -488,6 +488,17 @@ def seal_all(engine: Engine) -> int:
             return total
 
 
+def parse_anchor(value: str) -> tuple[int, str]:
+    """An anchor as ``nara audit verify`` prints it, ``POSITION:HASH``, as (position, hash)."""
+    position, sep, digest = value.strip().partition(":")
+    digest = digest.lower()
+    if not sep or not position.isdigit() or int(position) < 1:
+        raise ValueError(f"{value!r} is not an anchor: expected POSITION:HASH, e.g. 1200:9f86d0...")
+    if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+        raise ValueError(f"{value!r} is not an anchor: the hash must be 64 hexadecimal digits")
+    return int(position), digest
+
+
 @dataclass
 class VerifyReport:
     ok: bool
@@ -498,8 +509,14 @@ class VerifyReport:
     head_hash: str | None = None
 
 
-def verify(engine: Engine, batch: int = 5000) -> VerifyReport:
-    """Walk the chain; report the first altered, inserted or deleted record."""
+def verify(engine: Engine, batch: int = 5000, anchors: dict[int, str] | None = None) -> VerifyReport:
+    """Walk the chain; report the first altered, inserted or deleted record.
+
+    ``anchors`` are heads printed by earlier runs and kept outside the database (chain position: hash). The
+    chain must still hold each at its position: a chain rewritten and rehashed from an earlier record, or cut
+    short, is consistent in itself and only an anchor reveals it.
+    """
+    anchors = anchors or {}
     checked = 0
     prev = GENESIS
     expected = 1
@@ -541,10 +558,24 @@ def verify(engine: Engine, batch: int = 5000) -> VerifyReport:
                 if any(a.recorded_at != r.recorded_at for a in mine):
                     problem = f"record seq {r.seq} was altered after it was sealed (the time of an access)"
                     return VerifyReport(False, checked, 0, problem, r.seq)
+                anchored = anchors.get(r.chain_seq)
+                if anchored is not None and anchored != r.hash:
+                    problem = (
+                        f"chain position {r.chain_seq} (seq {r.seq}) does not have its anchored hash: the chain was "
+                        "rewritten from there or earlier"
+                    )
+                    return VerifyReport(False, checked, 0, problem, r.seq)
                 prev = r.hash
                 expected += 1
                 checked += 1
             last_seq = rows[-1].chain_seq
+        beyond = sorted(p for p in anchors if p > checked)
+        if beyond:
+            problem = (
+                f"chain position {beyond[0]} is anchored but the chain ends at position {checked}: "
+                "records were deleted from its end"
+            )
+            return VerifyReport(False, checked, 0, problem)
         unsealed = int(conn.execute(select(func.count()).where(audit_event.c.chain_seq.is_(None))).scalar_one())
     return VerifyReport(True, checked, unsealed, None, None, prev if checked else None)
 
