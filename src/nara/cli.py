@@ -421,6 +421,11 @@ def audit_verify(
         metavar="POSITION:HASH",
         help="A head printed earlier and kept outside the database; the chain must still hold it (repeatable)",
     ),
+    archived_to: str | None = typer.Option(
+        None,
+        metavar="POSITION:HASH",
+        help="The anchor of the last record archived (deleted past the retention period): the chain starts after it",
+    ),
     database_url: str | None = DB_OPTION,
 ) -> None:
     """Verify the audit hash chain; report the first altered, inserted or deleted record."""
@@ -430,23 +435,25 @@ def audit_verify(
 
     try:
         anchors = dict(parse_anchor(a) for a in anchor)
+        start = parse_anchor(archived_to) if archived_to is not None else None
     except ValueError as e:
         err.print(f"[bold red]{e}[/]", soft_wrap=True)
         raise typer.Exit(2) from None
     engine = _engine(database_url)
     assert isinstance(engine, Engine)
     with console.status("Verifying the audit chain..."):
-        report = verify(engine, anchors=anchors)
+        report = verify(engine, anchors=anchors, archived_to=start)
     engine.dispose()
     if not report.ok:
         broken = f"[bold red]Audit chain broken[/] after {report.checked} good records: {report.problem}"
         err.print(broken, soft_wrap=True)
         raise typer.Exit(3)
-    head = f"{report.checked}:{report.head_hash}" if report.head_hash else "-"
+    held = sum(1 for position in anchors if position > report.archived)
     console.print(
-        f"Audit chain intact: {report.checked} sealed records; {report.unsealed} not yet sealed"
-        f"{f'; {len(anchors)} anchors held' if anchors else ''}. Head (keep it outside the database, "
-        f"check it later with --anchor): {head}",
+        f"Audit chain intact: {report.checked} sealed records"
+        f"{f' after {report.archived} archived' if report.archived else ''}; {report.unsealed} not yet sealed"
+        f"{f'; {held} anchors held' if anchors else ''}. Head (keep it outside the database, "
+        f"check it later with --anchor): {report.head_anchor or '-'}",
         soft_wrap=True,
     )
 

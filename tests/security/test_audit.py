@@ -369,6 +369,32 @@ def test_r_log_2_an_anchored_head_reveals_a_chain_rewritten_or_cut_short(region:
     assert not cut.ok and cut.checked == head - 2 and "deleted from its end" in (cut.problem or "")
 
 
+def test_r_log_2_a_chain_archived_past_retention_verifies_from_its_last_archived_record(
+    region: Region, store: Store
+) -> None:
+    """A region may delete records past the retention period (its archiving); the chain left then starts later and
+    is verified from the anchor of the last archived record, which a daily head anchor cannot stand in for."""
+    audit.seal_all(store.engine)
+    chain = _chain(store)
+    head, cut = len(chain), 3
+    assert head > cut + 2
+    first_kept = f"SELECT seq FROM audit_event WHERE chain_seq <= {cut}"
+    _unguarded(store, f"DELETE FROM audit_access WHERE seq IN ({first_kept})")
+    _unguarded(store, f"DELETE FROM audit_event WHERE chain_seq <= {cut}")
+    plain = audit.verify(store.engine)
+    assert not plain.ok and "position 1 is missing" in (plain.problem or "") and "archived" in (plain.problem or "")
+    assert not audit.verify(store.engine, anchors={cut: chain[cut]}).ok  # a head anchor is no archiving statement
+    report = audit.verify(store.engine, archived_to=(cut, chain[cut]))
+    assert report.ok and (report.archived, report.checked) == (cut, head - cut)
+    assert report.head_anchor == f"{head}:{chain[head]}"
+    # Anchors of archived positions are not checked; later ones are.
+    assert audit.verify(store.engine, anchors={2: chain[2], head: chain[head]}, archived_to=(cut, chain[cut])).ok
+    wrong = audit.verify(store.engine, archived_to=(cut, "0" * 64))
+    assert not wrong.ok and "does not follow its predecessor" in (wrong.problem or "")
+    short = audit.verify(store.engine, archived_to=(cut - 1, chain[cut - 1]))  # one record more is gone
+    assert not short.ok and f"position {cut} is missing" in (short.problem or "")
+
+
 def test_r_log_2_nara_audit_verify_checks_anchors_and_prints_the_next_one(region: Region, backend: Backend) -> None:
     audit.seal_all(backend.store.engine)
     cli = [sys.executable, "-m", "nara.cli", "audit", "verify", "--database-url", backend.url]
@@ -384,10 +410,15 @@ def test_r_log_2_nara_audit_verify_checks_anchors_and_prints_the_next_one(region
     assert broken.returncode == 3 and "anchored hash" in broken.stderr, broken.stdout + broken.stderr
     beyond = subprocess.run([*cli, "--anchor", f"{position + 100}:{digest}"], capture_output=True, text=True)
     assert beyond.returncode == 3 and "deleted from its end" in beyond.stderr, beyond.stdout + beyond.stderr
-    for malformed in ("12", "x:" + digest, "0:" + digest, "5:abc"):
-        refused = subprocess.run([*cli, "--anchor", malformed], capture_output=True, text=True, timeout=120)
+    for option, malformed in (("--anchor", "12"), ("--anchor", "x:" + digest), ("--anchor", "0:" + digest)):
+        refused = subprocess.run([*cli, option, malformed], capture_output=True, text=True, timeout=120)
         assert refused.returncode == 2 and "is not an anchor" in refused.stderr, malformed
         assert "Traceback" not in refused.stderr
+    refused = subprocess.run([*cli, "--archived-to", "5:abc"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "64 hexadecimal digits" in refused.stderr, refused.stderr
+    first = _chain(backend.store)[1]
+    not_archived = subprocess.run([*cli, "--archived-to", f"1:{first}"], capture_output=True, text=True, timeout=120)
+    assert not_archived.returncode == 3 and "not archived to position 1" in not_archived.stderr, not_archived.stderr
 
 
 def _sql(value: str | None) -> str:

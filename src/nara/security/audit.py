@@ -507,19 +507,44 @@ class VerifyReport:
     problem: str | None = None
     first_bad_seq: int | None = None
     head_hash: str | None = None
+    head_position: int = 0  # the chain position of the last good record
+    archived: int = 0  # positions before the first record present (archived past retention, vouched by an anchor)
+
+    @property
+    def head_anchor(self) -> str | None:
+        """The head as ``nara audit verify --anchor`` takes it back: ``POSITION:HASH``."""
+        return f"{self.head_position}:{self.head_hash}" if self.head_hash else None
 
 
-def verify(engine: Engine, batch: int = 5000, anchors: dict[int, str] | None = None) -> VerifyReport:
+def verify(
+    engine: Engine,
+    batch: int = 5000,
+    anchors: dict[int, str] | None = None,
+    archived_to: tuple[int, str] | None = None,
+) -> VerifyReport:
     """Walk the chain; report the first altered, inserted or deleted record.
 
     ``anchors`` are heads printed by earlier runs and kept outside the database (chain position: hash). The
     chain must still hold each at its position: a chain rewritten and rehashed from an earlier record, or cut
     short, is consistent in itself and only an anchor reveals it.
+
+    ``archived_to`` is the anchor of the last record a region archived (deleted once past the retention
+    period, with every record before it): the chain then starts right after it and follows from its hash.
+    Anchors of archived positions are not checked.
     """
     anchors = anchors or {}
     checked = 0
     prev = GENESIS
     expected = 1
+    archived = 0
+    if archived_to is not None:
+        archived, prev = archived_to
+        expected = archived + 1
+
+    def broken(problem: str, seq: int | None = None) -> VerifyReport:
+        good = expected - 1
+        return VerifyReport(False, checked, 0, problem, seq, prev if good else None, good, archived)
+
     with engine.connect() as conn:
         last_seq = 0
         while True:
@@ -533,51 +558,50 @@ def verify(engine: Engine, batch: int = 5000, anchors: dict[int, str] | None = N
                 break
             accesses = _accesses_for(conn, [r.seq for r in rows])
             for r in rows:
+                if r.chain_seq <= archived:
+                    return broken(
+                        f"chain position {r.chain_seq} (seq {r.seq}) is still there: the chain was not archived to "
+                        f"position {archived}",
+                        r.seq,
+                    )
                 if r.chain_seq != expected:
-                    return VerifyReport(
-                        False,
-                        checked,
-                        0,
+                    hint = " (records archived before it need the last one's anchor)" if checked == 0 else ""
+                    return broken(
                         f"chain position {expected} is missing: a record was deleted "
-                        f"(next found at position {r.chain_seq}, seq {r.seq})",
+                        f"(next found at position {r.chain_seq}, seq {r.seq}){hint}",
                         r.seq,
                     )
                 if r.prev_hash != prev:
-                    return VerifyReport(
-                        False,
-                        checked,
-                        0,
-                        f"record seq {r.seq} does not follow its predecessor (inserted or reordered)",
-                        r.seq,
-                    )
+                    return broken(f"record seq {r.seq} does not follow its predecessor (inserted or reordered)", r.seq)
                 mine = accesses.get(r.seq, [])
                 if chain_hash(prev, r, mine) != r.hash:
-                    return VerifyReport(False, checked, 0, f"record seq {r.seq} was altered after it was sealed", r.seq)
+                    return broken(f"record seq {r.seq} was altered after it was sealed", r.seq)
                 # An access row repeats its record's time (the log extract is read by it); the hash covers the
                 # record's, so a different one is an alteration too.
                 if any(a.recorded_at != r.recorded_at for a in mine):
-                    problem = f"record seq {r.seq} was altered after it was sealed (the time of an access)"
-                    return VerifyReport(False, checked, 0, problem, r.seq)
+                    return broken(f"record seq {r.seq} was altered after it was sealed (the time of an access)", r.seq)
                 anchored = anchors.get(r.chain_seq)
                 if anchored is not None and anchored != r.hash:
-                    problem = (
+                    return broken(
                         f"chain position {r.chain_seq} (seq {r.seq}) does not have its anchored hash: the chain was "
-                        "rewritten from there or earlier"
+                        "rewritten from there or earlier",
+                        r.seq,
                     )
-                    return VerifyReport(False, checked, 0, problem, r.seq)
                 prev = r.hash
                 expected += 1
                 checked += 1
             last_seq = rows[-1].chain_seq
-        beyond = sorted(p for p in anchors if p > checked)
+        head = expected - 1
+        if checked == 0 and archived:
+            return broken(f"the chain is archived to position {archived} and no record follows it")
+        beyond = sorted(p for p in anchors if p > head)
         if beyond:
-            problem = (
-                f"chain position {beyond[0]} is anchored but the chain ends at position {checked}: "
+            return broken(
+                f"chain position {beyond[0]} is anchored but the chain ends at position {head}: "
                 "records were deleted from its end"
             )
-            return VerifyReport(False, checked, 0, problem)
         unsealed = int(conn.execute(select(func.count()).where(audit_event.c.chain_seq.is_(None))).scalar_one())
-    return VerifyReport(True, checked, unsealed, None, None, prev if checked else None)
+    return VerifyReport(True, checked, unsealed, None, None, prev if head else None, head, archived)
 
 
 # ---- log extract (R-LOG-3) ----------------------------------------------------------------------
