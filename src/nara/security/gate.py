@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -69,20 +69,7 @@ def redact(st: Stored) -> Stored:
     if not is_protected(res) or ("address" not in res and "_address" not in res):
         return st
     clean = {k: v for k, v in res.items() if k not in ("address", "_address")}
-    return Stored(
-        st.rid,
-        st.res_type,
-        st.res_id,
-        st.version,
-        st.last_updated,
-        st.deleted,
-        orjson.dumps(clean).decode(),
-        st.patient_id,
-        st.method,
-        st.owner_org,
-        st.owner_unit,
-        clean,
-    )
+    return replace(st, content=orjson.dumps(clean).decode(), _parsed=clean)
 
 
 class Gate:

@@ -53,6 +53,23 @@ class Stored:
     owner_unit: str | None = None  # unit that owns this version
     _parsed: dict[str, Any] | None = None
 
+    @classmethod
+    def from_row(cls, row: Any, res_type: str | None = None, res_id: str | None = None) -> Stored:
+        """The version in a row of the resource or history columns (``res_type``/``res_id``: when it lacks them)."""
+        return cls(
+            row.rid,
+            res_type if res_type is not None else row.res_type,
+            res_id if res_id is not None else row.res_id,
+            row.version,
+            row.last_updated,
+            row.deleted,
+            row.content,
+            row.patient_id,
+            row.method,
+            row.owner_org,
+            row.owner_unit,
+        )
+
     @property
     def etag(self) -> str:
         return f'W/"{self.version}"'
@@ -214,19 +231,7 @@ class Tx:
             row = self.conn.execute(stmt, params).first()
         if row is None:
             self._hidden_or_missing(rtype, rid)
-        st = Stored(
-            row.rid,
-            rtype,
-            rid,
-            row.version,
-            row.last_updated,
-            row.deleted,
-            row.content,
-            row.patient_id,
-            row.method,
-            row.owner_org,
-            row.owner_unit,
-        )
+        st = Stored.from_row(row, rtype, rid)
         if st.deleted:
             raise FhirError(410, "deleted", f"{rtype}/{rid} was deleted", headers={"ETag": st.etag})
         return st
@@ -263,19 +268,7 @@ class Tx:
                 )
             ).first()
             if row is not None:
-                st = Stored(
-                    row.rid,
-                    rtype,
-                    rid,
-                    row.version,
-                    row.last_updated,
-                    row.deleted,
-                    row.content,
-                    row.patient_id,
-                    row.method,
-                    row.owner_org,
-                    row.owner_unit,
-                )
+                st = Stored.from_row(row, rtype, rid)
                 if st.deleted:
                     raise FhirError(410, "deleted", f"Version {version} of {rtype}/{rid} is a deletion")
                 return st

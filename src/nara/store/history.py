@@ -104,22 +104,7 @@ def history(
     )
     rows = tx.conn.execute(stmt).all()
     more = len(rows) > count
-    entries = [
-        Stored(
-            r.rid,
-            r.res_type,
-            r.res_id,
-            r.version,
-            r.last_updated,
-            r.deleted,
-            r.content,
-            r.patient_id,
-            r.method,
-            r.owner_org,
-            r.owner_unit,
-        )
-        for r in rows[:count]
-    ]
+    entries = [Stored.from_row(r) for r in rows[:count]]
     total = None
     if with_total:
         total = int(tx.conn.execute(select(func.count()).select_from(union_all(*parts).subquery())).scalar_one())

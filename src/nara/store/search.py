@@ -682,22 +682,6 @@ _ROW_COLS = (
 )
 
 
-def _stored(row: Any) -> Stored:
-    return Stored(
-        row.rid,
-        row.res_type,
-        row.res_id,
-        row.version,
-        row.last_updated,
-        row.deleted,
-        row.content,
-        row.patient_id,
-        row.method,
-        row.owner_org,
-        row.owner_unit,
-    )
-
-
 class Searcher:
     def __init__(self, tx: Tx, base_url: str | None = None, row_filter: RowFilter | None = None) -> None:
         self.tx = tx
@@ -910,7 +894,7 @@ class Searcher:
             rows = rows[:count]
             if not forward:
                 rows.reverse()
-            matches = [_stored(r) for r in rows]
+            matches = [Stored.from_row(r) for r in rows]
             if rows:
                 first, last = rows[0], rows[-1]
                 key_first = [getattr(first, f"sk{i}") for i in range(len(exprs))]
@@ -1061,7 +1045,7 @@ class Searcher:
         cols = [b.c[c] for c in _ROW_COLS] + [json_out(b.c.content, self.tx.pg).label("content")]
         rows = list(self.tx.conn.execute(select(*cols).where(b.c.rid.in_(page)).order_by(b.c.rid)))
         more = len(rows) > limit
-        matches = [_stored(r) for r in rows[:limit]]
+        matches = [Stored.from_row(r) for r in rows[:limit]]
         result = SearchResult(matches, issues=issues)
         if more:
             result.next_cursor = encode_cursor([], matches[-1].rid, "next")
@@ -1154,7 +1138,7 @@ class Searcher:
             .limit(limit + 1)
         )
         rows = list(self.tx.conn.execute(stmt))
-        result = SearchResult([_stored(r) for r in rows[:limit]], issues=list(q.issues))
+        result = SearchResult([Stored.from_row(r) for r in rows[:limit]], issues=list(q.issues))
         if len(rows) > limit:
             result.issues.append(
                 Issue("warning", "too-costly", f"$lastn returned the first {limit} results; narrow the criteria")
@@ -1196,7 +1180,7 @@ class Searcher:
     def _fetch(self, cond: ColumnElement[bool], a: Alias) -> list[Stored]:
         cols = [a.c[c] for c in _ROW_COLS] + [json_out(a.c.content, self.tx.pg).label("content")]
         stmt = select(*cols).where(a.c.deleted == false(), cond).limit(self.settings.max_include + 1)
-        return [_stored(r) for r in self.tx.conn.execute(stmt)]
+        return [Stored.from_row(r) for r in self.tx.conn.execute(stmt)]
 
     def _by_type(self, a: Alias, keys: set[tuple[str, str]]) -> ColumnElement[bool]:
         """Rows of ``a`` with these (type, id) keys that the row filter lets through, per type."""
