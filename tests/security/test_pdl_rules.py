@@ -493,6 +493,76 @@ def test_representative_authorised_by_adult_acts_for_them(region: Region) -> Non
         assert r.status_code == 200 and r.json()["total"] == 3
 
 
+# ---- who registers and changes which consent ------------------------------------------------------
+def test_r_blk_1_staff_register_and_lift_blocks_only_on_their_own_providers_data(region: Region) -> None:
+    anna, vc_obs = region.patients["anna"], region.data["vc"]  # type: ignore[attr-defined]
+    with_consent_for(region, HSV)
+    on_the_ward = consent(anna, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{AVD}")]})
+    with client(region, region.staff["hsv"].token()) as c:  # the municipality: not the region's data
+        refused = c.post("Consent", content=orjson.dumps(on_the_ward), headers=JSON)
+        assert refused.status_code == 403 and "own care provider" in refused.text
+    with client(region, region.staff["vc"].token()) as c:  # the health centre: the ward is of its provider
+        assert c.post("Consent", content=orjson.dumps(on_the_ward), headers=JSON).status_code == 201
+    # Anna blocks the health centre's data herself; the municipal nurse cannot lift it, the health centre can.
+    with client(region, token(region.pnr["anna"], "citizen")) as c:
+        mine = consent(anna, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{VC}")]})
+        own = c.post("Consent", content=orjson.dumps(mine), headers=JSON)
+        assert own.status_code == 201, own.text
+    lifted = {**own.json(), "status": "inactive"}
+    with client(region, region.staff["hsv"].token()) as c:
+        r = c.put(f"Consent/{lifted['id']}", content=orjson.dumps(lifted), headers=JSON)
+        assert r.status_code == 403 and "own care provider" in r.text
+    assert vc_obs not in visible(region, region.staff["hsv"].token())
+    with client(region, region.staff["vc"].token()) as c:
+        assert c.put(f"Consent/{lifted['id']}", content=orjson.dumps(lifted), headers=JSON).status_code == 200
+    assert vc_obs in visible(region, region.staff["hsv"].token())
+
+
+def test_r_acc_5_a_consent_keeps_its_kind_so_no_update_makes_a_block_break(region: Region) -> None:
+    anna, vc_obs = region.patients["anna"], region.data["vc"]  # type: ignore[attr-defined]
+    with_consent_for(region, HSV)
+    block(region, VC)
+    doc = region.staff["hsv"]
+    with client(region, doc.token()) as c:
+        mine = consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]})
+        created = c.post("Consent", content=orjson.dumps(mine), headers=JSON)
+        assert created.status_code == 201, created.text
+        changed = created.json()
+        changed["category"] = [{"coding": [{"system": f"{NARA}/CodeSystem/pdl-consent-kind", "code": "block-break"}]}]
+        changed["provision"] = {
+            "type": "permit",
+            "actor": [actor("IRCP", f"Practitioner/{doc.practitioner}"), actor("CST", f"Organization/{VC}")],
+        }
+        r = c.put(f"Consent/{changed['id']}", content=orjson.dumps(changed), headers=JSON)
+        assert r.status_code == 422 and "keeps its kind" in r.text
+        assert c.get(f"Consent/{changed['id']}").json()["category"] == mine["category"]
+    assert vc_obs not in visible(region, doc.token())
+
+
+def test_only_the_patient_authorises_a_representative(region: Region) -> None:
+    """A power of attorney is the patient's own act: neither staff nor a guardian can make themselves one."""
+    anna, child = region.patients["anna"], region.patients["child"]
+
+    def authorise(patient: str, person: str) -> dict[str, Any]:
+        role = {"coding": [{"system": f"{NARA}/CodeSystem/consent-actor-role", "code": "representative"}]}
+        ident = {"system": "http://electronichealth.se/identifier/personnummer", "value": person}
+        return consent(
+            patient, "representative", {"type": "permit", "actor": [{"role": role, "reference": {"identifier": ident}}]}
+        )
+
+    with client(region, region.staff["avd"].token()) as c:
+        r = c.post("Consent", content=orjson.dumps(authorise(anna, region.pnr["guardian"])), headers=JSON)
+        assert r.status_code == 403 and "Only the patient" in r.text
+    with client(region, token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])) as c:
+        r = c.post("Consent", content=orjson.dumps(authorise(child, region.pnr["guardian"])), headers=JSON)
+        assert r.status_code == 403 and "Only the patient" in r.text
+    with client(region, token(region.pnr["anna"], "citizen")) as c:
+        r = c.post("Consent", content=orjson.dumps(authorise(anna, region.pnr["guardian"])), headers=JSON)
+        assert r.status_code == 201, r.text
+    with client(region, token(region.pnr["guardian"], "proxy", patient=region.pnr["anna"])) as c:
+        assert c.get(f"Observation?patient={anna}").status_code == 200
+
+
 # ---- R-ID-3 --------------------------------------------------------------------------------------
 def test_r_id_3_protected_identity_hides_address_and_flags_access(region: Region, store: Store) -> None:
     hidden = region.patients["hidden"]

@@ -175,7 +175,10 @@ class ActorResolver:
         unit = tx.read_optional("Organization", unit_id) if unit_id else None
         if unit is None:
             raise FhirError(403, "forbidden", "The assignment's unit is not in the directory")
-        provider, provider_kind = self._provider_of(tx, unit)
+        found = care_provider_of(tx, unit)
+        if found is None:
+            raise FhirError(403, "forbidden", "The assignment's unit has no care provider (partOf) in the directory")
+        provider, provider_kind = found
         purpose = next((e.get("valueString") for e in r.get("extension", []) if e.get("url") == PURPOSE_EXT), "")
         rights = tuple(e.get("valueString") for e in r.get("extension", []) if e.get("url") == RIGHT_EXT)
         roles = tuple(
@@ -208,18 +211,21 @@ class ActorResolver:
             other_units_chosen=bool(claims.get("other_units")),
         )
 
-    def _provider_of(self, tx: Tx, unit: Stored) -> tuple[Stored, str]:
-        current, seen = unit, set()
-        while current.res_id not in seen:
-            seen.add(current.res_id)
-            res = current.resource()
-            for t in res.get("type", []):
-                for c in t.get("coding", []):
-                    if c.get("system") == ORG_ROLE_SYSTEM and c.get("code") in ("vardgivare", "omsorgsgivare"):
-                        return current, str(c["code"])
-            parent = ref_id(res.get("partOf"), "Organization")
-            nxt = tx.read_optional("Organization", parent) if parent else None
-            if nxt is None:
-                break
-            current = nxt
-        raise FhirError(403, "forbidden", "The assignment's unit has no care provider (partOf) in the directory")
+
+def care_provider_of(tx: Tx, org: Stored) -> tuple[Stored, str] | None:
+    """The care provider or care giver an Organization is (or is part of, by ``partOf``) and its kind
+    (vardgivare | omsorgsgivare), or None when the directory gives it none."""
+    current, seen = org, set()
+    while current.res_id not in seen:
+        seen.add(current.res_id)
+        res = current.resource()
+        for t in res.get("type", []):
+            for c in t.get("coding", []):
+                if c.get("system") == ORG_ROLE_SYSTEM and c.get("code") in ("vardgivare", "omsorgsgivare"):
+                    return current, str(c["code"])
+        parent = ref_id(res.get("partOf"), "Organization")
+        nxt = tx.read_optional("Organization", parent) if parent else None
+        if nxt is None:
+            break
+        current = nxt
+    return None

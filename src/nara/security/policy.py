@@ -58,7 +58,8 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from nara.fhir.canonical import BASE
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
-from nara.security.rules import consent_kind, ref_id
+from nara.security.identity import care_provider_of
+from nara.security.rules import block_custodians, consent_kind, ref_id
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
@@ -577,8 +578,9 @@ class Policy:
         ).first()
         return row is not None
 
-    def _check_consent_change(self, tx: Tx, action: str, body: dict[str, Any] | None) -> None:
-        """Cancelling is final (R-ACC-5); deletion is by status entered-in-error (misregistration), never DELETE."""
+    def _check_consent_change(self, tx: Tx, action: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Cancelling is final (R-ACC-5); deletion is by status entered-in-error (misregistration), never DELETE;
+        a consent keeps its kind. Returns the Consent as stored before this update (None: a new one)."""
         if action == "delete":
             raise FhirError(
                 422,
@@ -588,14 +590,52 @@ class Policy:
             )
         rid = (body or {}).get("id")
         if not isinstance(rid, str):
-            return
+            return None
         saved, tx.policy = tx.policy, None
         try:
-            current = tx.read_optional("Consent", rid)
+            stored = tx.read_optional("Consent", rid)
         finally:
             tx.policy = saved
-        if current is not None and current.resource().get("status") in ("inactive", "entered-in-error", "rejected"):
+        if stored is None:
+            return None
+        current = stored.resource()
+        if current.get("status") in ("inactive", "entered-in-error", "rejected"):
             raise FhirError(422, "business-rule", "A cancelled consent is final; register a new one (R-ACC-5)")
+        if consent_kind(current) != consent_kind(body or {}):
+            raise FhirError(422, "business-rule", "A consent keeps its kind: cancel it and register a new one")
+        return current
+
+    def _check_consent_kind(self, tx: Tx, body: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+        """Who may register or change which kind of consent (the body's kind is the stored one's, if any)."""
+        actor = self.actor
+        kind = consent_kind(body) if body else None
+        if kind in OPERATION_ONLY_CONSENTS and not self.operation_consent:
+            raise FhirError(403, "forbidden", f"Consent of kind {kind} is registered and changed only by its operation")
+        if kind == "representative" and actor.kind != "citizen":
+            # A power of attorney is the patient's own act (or comes from a registration system, a system client):
+            # nobody authorises themselves to act for someone else.
+            raise FhirError(403, "forbidden", "Only the patient authorises a representative")
+        if kind == "block" and actor.kind == "staff":
+            # The patient asks the care provider holding the data; that provider's staff register or lift the block.
+            asg = actor.assignment
+            custodians = {*block_custodians(body or {}), *block_custodians(current or {})}
+            if asg is None or not custodians or any(not self._of_my_provider(tx, c) for c in custodians):
+                raise FhirError(
+                    403,
+                    "forbidden",
+                    "Staff register or lift a block only on their own care provider's data (R-BLK-1)",
+                )
+
+    def _of_my_provider(self, tx: Tx, org_id: str) -> bool:
+        """Whether an Organization is my care provider or one of its units (by the directory)."""
+        asg = self.actor.assignment
+        if asg is None:
+            return False
+        if org_id in (asg.unit, asg.provider):
+            return True
+        org = tx.read_optional("Organization", org_id)
+        found = care_provider_of(tx, org) if org is not None else None
+        return found is not None and found[0].res_id == asg.provider
 
     def check_write(
         self,
@@ -609,13 +649,14 @@ class Policy:
         """Raise 403 unless the actor may perform ``action`` (create/update/delete) on such a resource."""
         actor = self.actor
         actor.scopes.require(rtype, action)
+        current = None
         if rtype == "Consent" and action in ("update", "delete"):
-            self._check_consent_change(tx, action, body)  # business rules that bind every writer
+            current = self._check_consent_change(tx, action, body)  # business rules that bind every writer
         if actor.policy_off or actor.kind == "system":
             return
         kind = consent_kind(body) if rtype == "Consent" and body else None
-        if kind in OPERATION_ONLY_CONSENTS and action == "create" and not self.operation_consent:
-            raise FhirError(403, "forbidden", f"Consent of kind {kind} is created only by its operation")
+        if rtype == "Consent":
+            self._check_consent_kind(tx, body, current)
         if actor.kind in ("citizen", "proxy"):
             if rtype not in CITIZEN_WRITABLE:
                 raise FhirError(403, "forbidden", f"Citizens cannot write {rtype} resources")

@@ -93,6 +93,14 @@ def _actors(provision: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return out
 
 
+def block_custodians(res: dict[str, Any]) -> list[str]:
+    """The Organizations (care providers or units) whose data a block Consent blocks (its CST actors)."""
+    prov = res.get("provision")
+    if not isinstance(prov, dict):
+        return []
+    return [c for c in (ref_id(r, "Organization") for r in _actors(prov, "CST")) if c]
+
+
 def identifier_value(res: dict[str, Any]) -> str | None:
     for ident in res.get("identifier", []):
         if ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER) and isinstance(ident.get("value"), str):
@@ -169,19 +177,17 @@ def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> l
                         for c in code.get("coding", []):
                             if c.get("system") == INFO_TYPE_SYSTEM:
                                 exempt.add(c.get("code"))
-            for r in _actors(prov, "CST"):
-                custodian = ref_id(r, "Organization")
-                if custodian:
-                    rows.append(
-                        row(
-                            "block",
-                            org=custodian,
-                            starts=starts,
-                            ends=ends,
-                            exempt_alerts="uppmarksamhetsinformation" in exempt,
-                            exempt_medication="lakemedel" in exempt,
-                        )
+            for custodian in block_custodians(res):
+                rows.append(
+                    row(
+                        "block",
+                        org=custodian,
+                        starts=starts,
+                        ends=ends,
+                        exempt_alerts="uppmarksamhetsinformation" in exempt,
+                        exempt_medication="lakemedel" in exempt,
                     )
+                )
         elif kind == "block-break":
             employee = next((e for e in (ref_id(r, "Practitioner") for r in _actors(prov, "IRCP")) if e), None)
             custodians = [ref_id(r, "Organization") for r in _actors(prov, "CST")]
