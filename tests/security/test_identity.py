@@ -125,6 +125,21 @@ def test_scope_limits_types_and_writes(region: Region) -> None:
         assert c.get(f"Condition?patient={anna}").json()["total"] == 1
 
 
+def test_a_granular_scope_grants_nothing_rather_than_the_whole_type(region: Region) -> None:
+    """SMART v2 scopes narrowed by a query (``?category=...``) are not enforced by Nära: such a scope must not
+    grant the whole resource type."""
+    anna = region.patients["anna"]
+    narrow = token(region.pnr["anna"], "citizen", scope="patient/Observation.rs?category=laboratory")
+    with region.as_(narrow) as c:
+        r = c.get(f"Observation?patient={anna}")
+        assert r.status_code == 200 and r.json()["total"] == 0
+    both = token(
+        region.pnr["anna"], "citizen", scope="patient/Observation.rs?category=laboratory patient/Observation.rs"
+    )
+    with region.as_(both) as c:
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 1
+
+
 def test_id_guessing_across_patients_reveals_nothing(region: Region) -> None:
     other = region.post(observation(region.patients["child"], "29463-7", 30.123), region.staff["vc"].token())
     citizen = token(region.pnr["anna"], "citizen")

@@ -585,6 +585,66 @@ def test_r_id_3_protected_identity_hides_address_and_flags_access(region: Region
     assert read == [(True, "protected-identity")]  # the read by id, its access marked protected
 
 
+def stored_patient(store: Store, pid: str) -> dict[str, Any]:
+    """The Patient as stored (no policy, no redaction): what the population register put there."""
+    with store.transaction() as tx:
+        return tx.read("Patient", pid).resource()
+
+
+def test_r_id_3_no_patch_tests_copies_or_echoes_a_protected_address(region: Region, store: Store) -> None:
+    hidden = region.patients["hidden"]
+    address = stored_patient(store, hidden)["address"]
+    patch = {"Content-Type": "application/json-patch+json"}
+    with client(region, region.staff["vc"].token()) as c:
+        for ops in (
+            [{"op": "test", "path": "/address/0/line/0", "value": address[0]["line"][0]}],  # an oracle on its value
+            [{"op": "copy", "from": "/address/0", "path": "/contact"}],  # moved into sight
+            [{"op": "add", "path": "/nope/x", "value": 1}],  # the library's message quoted the whole resource
+        ):
+            r = c.patch(f"Patient/{hidden}", content=orjson.dumps(ops), headers=patch)
+            assert r.status_code == 422 and "Hemlig" not in r.text and "operation 0" in r.text, r.text
+        ok = c.patch(
+            f"Patient/{hidden}",
+            content=orjson.dumps([{"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "1"}]}]),
+            headers=patch,
+        )
+        assert ok.status_code == 200 and "address" not in ok.json() and ok.json()["telecom"]
+    kept = stored_patient(store, hidden)
+    assert kept["address"] == address and kept["telecom"] == [{"system": "phone", "value": "1"}]
+
+
+def test_r_id_3_staff_update_keeps_the_protected_address_it_never_saw(region: Region, store: Store) -> None:
+    hidden = region.patients["hidden"]
+    address = stored_patient(store, hidden)["address"]
+    with client(region, region.staff["vc"].token()) as c:
+        shown = c.get(f"Patient/{hidden}").json()
+        assert "address" not in shown
+        shown["gender"] = "other"
+        r = c.put(f"Patient/{hidden}", content=orjson.dumps(shown), headers=JSON)
+        assert r.status_code == 200 and "address" not in r.json()
+        moved = {**shown, "address": [{"line": ["Ny väg 1"], "city": "Örebro"}]}
+        refused = c.put(f"Patient/{hidden}", content=orjson.dumps(moved), headers=JSON)
+        assert refused.status_code == 403 and "population register" in refused.text
+    kept = stored_patient(store, hidden)
+    assert kept["address"] == address and kept["gender"] == "other"
+
+
+def test_r_id_3_a_conditional_create_that_finds_the_patient_shows_no_address_and_is_logged_as_a_read(
+    region: Region, store: Store
+) -> None:
+    hidden = region.patients["hidden"]
+    staff = region.staff["vc"]
+    body = {"resourceType": "Patient", "name": [{"family": "X"}]}
+    with client(region, staff.token()) as c:
+        r = c.post("Patient", content=orjson.dumps(body), headers={**JSON, "If-None-Exist": f"_id={hidden}"})
+    assert r.status_code == 200 and r.json()["id"] == hidden and "Hemlig" not in r.text
+    reads = audit_rows(store, user_id=staff.hsa, action="read", resource_type="Patient")
+    assert reads and reads[-1].flags == "protected-identity" and reads[-1].patient_count == 1
+    with store.engine.connect() as conn:
+        logged = conn.execute(select(audit_access.c.patient_id).where(audit_access.c.seq == reads[-1].seq)).all()
+    assert logged == [(hidden,)]
+
+
 def test_r_blk_2_break_lifts_the_block_for_that_patient_only(region: Region) -> None:
     anna, teen = region.patients["anna"], region.patients["teen"]
     doctor = region.staff["hsv"]

@@ -23,7 +23,7 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import PROTECTED_LABEL_SYSTEM, PROTECTED_LABELS
+from nara.security.rules import is_protected
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -50,13 +50,6 @@ class SecuritySettings:
     sealer: str = "thread"
     # R-LOG-2: audit records cannot be changed, nor deleted before this many days (NARA_AUDIT_RETENTION_YEARS).
     audit_retention_days: int = 1827
-
-
-def is_protected(res: dict[str, Any]) -> bool:
-    for label in (res.get("meta") or {}).get("security", []):
-        if label.get("system") == PROTECTED_LABEL_SYSTEM and label.get("code") in PROTECTED_LABELS:
-            return True
-    return False
 
 
 def redact(st: Stored) -> Stored:
@@ -264,6 +257,8 @@ class Gate:
     def audit_read(self, tx: Tx, req: Any, out: Any) -> None:
         """Context audit hook: one record per read-like interaction, in its transaction (R-LOG-1)."""
         action = interaction_kind(req.method.upper(), req.path)
+        if action is None and out.returned:
+            action = "read"  # a write that returned what it did not write (a conditional create's match)
         if action is None or tx.policy is None:
             return
         recorder = tx.read_recorder

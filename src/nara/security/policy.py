@@ -59,7 +59,7 @@ from nara.fhir.canonical import BASE
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
-from nara.security.rules import block_custodians, consent_kind, ref_id
+from nara.security.rules import block_custodians, consent_kind, is_protected, ref_id
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
@@ -106,6 +106,7 @@ CITIZEN_WRITABLE = frozenset({"Observation", "QuestionnaireResponse", "Communica
 CITIZEN_CONSENT_KINDS = frozenset({"svod-consent", "representative", "block"})
 # Consent kinds created only by their operations ($emergency-access, $break-block).
 OPERATION_ONLY_CONSENTS = frozenset({"emergency", "block-break"})
+ADDRESS_ELEMENTS = ("address", "_address")  # what a protected patient never shows (R-ID-3)
 # Resources that establish a care relationship: a unit may create them for its own unit without one.
 CARE_ESTABLISHING = frozenset({"EpisodeOfCare", "Encounter", "CareTeam"})
 
@@ -636,6 +637,34 @@ class Policy:
         org = tx.read_optional("Organization", org_id)
         found = care_provider_of(tx, org) if org is not None else None
         return found is not None and found[0].res_id == asg.provider
+
+    # ---- a protected patient's address (R-ID-3) --------------------------------------------------
+    def _keeps_address_hidden(self, rtype: str, current: dict[str, Any]) -> bool:
+        """Whether this writer works without a protected patient's address (all but system clients, which
+        bring it from the population register)."""
+        trusted = self.actor.policy_off or self.actor.kind == "system"
+        return rtype == "Patient" and not trusted and is_protected(current)
+
+    def shown_for_writing(self, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
+        """The current version as this writer may see it while changing it (a JSON Patch applies to it): without
+        a protected patient's address, so that no patch can test, copy or move it into sight."""
+        if not self._keeps_address_hidden(rtype, current):
+            return current
+        return {k: v for k, v in current.items() if k not in ADDRESS_ELEMENTS}
+
+    def keep_protected_address(self, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """The body to store when this writer replaces ``current``: a protected patient's address stays as stored
+        (the writer never saw it); a body that sets another one is refused."""
+        if not self._keeps_address_hidden(rtype, current):
+            return body
+        if any(k in body and body[k] != current.get(k) for k in ADDRESS_ELEMENTS):
+            raise FhirError(
+                403,
+                "forbidden",
+                "The address of a patient with protected identity comes from the population register and is not "
+                "changed here (R-ID-3)",
+            )
+        return {**body, **{k: current[k] for k in ADDRESS_ELEMENTS if k in current}}
 
     def check_write(
         self,

@@ -93,6 +93,15 @@ def _actors(provision: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return out
 
 
+def is_protected(res: dict[str, Any]) -> bool:
+    """Whether a Patient carries a protected-identity label (sekretessmarkering, skyddad folkbokföring; R-ID-3)."""
+    labels = (res.get("meta") or {}).get("security", [])
+    return any(
+        isinstance(x, dict) and x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS
+        for x in labels
+    )
+
+
 def block_custodians(res: dict[str, Any]) -> list[str]:
     """The Organizations (care providers or units) whose data a block Consent blocks (its CST actors)."""
     prov = res.get("provision")
@@ -130,8 +139,7 @@ def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> l
         return base
 
     if rtype == "Patient":
-        labels = (res.get("meta") or {}).get("security", [])
-        if any(x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS for x in labels):
+        if is_protected(res):
             rows.append(row("protected"))  # protected identity (R-ID-3): flag every access in the log
     elif rtype == "EpisodeOfCare" and status in ACTIVE_EPISODE:
         unit = ref_id(res.get("managingOrganization"), "Organization")

@@ -35,7 +35,11 @@ class Scopes:
             m = _SCOPE_RE.match(token)
             if not m:
                 continue  # openid, fhirUser, launch/patient, offline_access, ...
-            ctx, rtype, perms, _query = m.groups()
+            ctx, rtype, perms, query = m.groups()
+            if query:
+                # A granular scope (SMART v2, e.g. ?category=laboratory) is not enforced here: it grants
+                # nothing rather than the whole type.
+                continue
             grants.append((ctx, rtype, V1.get(perms, perms)))
         return cls(tuple(grants), raw)
 

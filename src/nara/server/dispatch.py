@@ -224,6 +224,8 @@ def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcom
 def write_outcome(ctx: Context, res: WriteResult, default_status: int | None = None) -> Outcome:
     st = res.stored
     status = default_status or res.status
+    if st is not None:
+        st = _redacted(ctx, st)
     if st is None:
         return Outcome(status if status != 204 else 204, None if status == 204 else info_outcome("No change"))
     headers = version_headers(st, ctx.base_url)
@@ -244,7 +246,8 @@ def write_outcome(ctx: Context, res: WriteResult, default_status: int | None = N
         body = info_outcome(f"{verb} {st.res_type}/{st.res_id} version {st.version}")
     else:
         body = orjson.Fragment(st.json_bytes()) if st.content is not None else None
-    return Outcome(status, body, headers, st)
+    # A conditional create that found its match wrote nothing and returns what is stored: a read, logged as one.
+    return Outcome(status, body, headers, st, [st] if res.unchanged else [])
 
 
 def _body(req: FhirRequest) -> Any:

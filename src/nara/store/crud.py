@@ -95,6 +95,22 @@ class WriteResult:
     unchanged: bool = False  # conditional create matched, or delete of something already gone
 
 
+def _apply_patch(doc: dict[str, Any], ops: list[Any]) -> Any:
+    """Apply JSON Patch operations one by one. A failure names the operation and why, never a value of the
+    document (the library's messages quote the document, which may hold what this user may not see)."""
+    for i, op in enumerate(ops):
+        what = f"operation {i} ({op.get('op')} {op.get('path')})" if isinstance(op, dict) else f"operation {i}"
+        try:
+            doc = jsonpatch.JsonPatch([op]).apply(doc)
+        except jsonpatch.JsonPatchTestFailed:
+            raise FhirError(422, "processing", f"JSON Patch {what}: the test failed") from None
+        except jsonpatch.InvalidJsonPatch:
+            raise FhirError(422, "processing", f"JSON Patch {what} is not a valid operation") from None
+        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, IndexError):
+            raise FhirError(422, "processing", f"JSON Patch {what} could not be applied: no such path") from None
+    return doc
+
+
 def _ensure_type(rtype: str) -> None:
     if rtype not in spec().resource_types:
         raise FhirError(404, "not-supported", f"Unknown resource type '{rtype}'")
@@ -460,6 +476,11 @@ class Tx:
         return self._replace(cur, body, rtype, rid, "PUT")
 
     def _replace(self, cur: Any, body: Any, rtype: str, rid: str, method: str) -> WriteResult:
+        if self.policy is not None and rtype == "Patient" and isinstance(body, dict) and not cur.deleted:
+            stored = self.conn.execute(
+                select(json_out(resource.c.content, self.pg)).where(resource.c.rid == cur.rid)
+            ).scalar_one()
+            body = self.policy.keep_protected_address(rtype, orjson.loads(stored), body)
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
         res, text = self._prepare(body, rtype, rid, version, now)
@@ -509,10 +530,9 @@ class Tx:
         if if_match is not None and parse_etag(if_match) != cur.version:
             raise FhirError(412, "conflict", f"Version conflict: {rtype}/{rid} is at version {cur.version}")
         current = self.read(rtype, rid).resource()
-        try:
-            patched = jsonpatch.JsonPatch(patch).apply(current)
-        except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as e:
-            raise FhirError(422, "processing", f"JSON Patch could not be applied: {e}") from None
+        if self.policy is not None:
+            current = self.policy.shown_for_writing(rtype, current)
+        patched = _apply_patch(current, patch)
         if not isinstance(patched, dict) or patched.get("id") != rid or patched.get("resourceType") != rtype:
             raise FhirError(422, "processing", "JSON Patch must not change resourceType or id")
         return self._replace(cur, patched, rtype, rid, "PATCH")
