@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select, text
 
 from nara.security.schema import audit_access, audit_event
+from nara.store.reindex import reindex
 from nara.store.store import Store
 from tests.conftest import token
 from tests.security.region import (
@@ -627,6 +628,24 @@ def test_r_id_3_staff_update_keeps_the_protected_address_it_never_saw(region: Re
         assert refused.status_code == 403 and "population register" in refused.text
     kept = stored_patient(store, hidden)
     assert kept["address"] == address and kept["gender"] == "other"
+
+
+def test_r_id_3_a_protected_address_is_not_searchable_even_after_a_reindex(region: Region, store: Store) -> None:
+    """A search by address would be an oracle on it, letter by letter: the index never holds it."""
+    hidden, anna = region.patients["hidden"], region.patients["anna"]
+
+    def found(query: str) -> int:
+        with client(region, region.staff["vc"].token()) as c:
+            r = c.get(f"Patient?{query}&_total=accurate")
+            assert r.status_code == 200, r.text
+            return int(r.json()["total"])
+
+    for _ in range(2):
+        assert found(f"_id={hidden}&address=Hemlig") == 0
+        assert found(f"_id={hidden}&address-city=Örebro") == 0
+        assert found(f"_id={hidden}") == 1
+        assert found(f"_id={anna}&address=Storgatan") == 1  # an ordinary patient's address is searchable
+        reindex(store, ["Patient"])
 
 
 def test_r_id_3_a_conditional_create_that_finds_the_patient_shows_no_address_and_is_logged_as_a_read(

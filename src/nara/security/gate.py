@@ -23,7 +23,7 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import is_protected
+from nara.security.rules import ADDRESS_ELEMENTS, is_protected
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -59,9 +59,9 @@ def redact(st: Stored) -> Stored:
     if "sekretessmarkering" not in st.content and "skyddadFolkbokforing" not in st.content:
         return st
     res = st.resource()
-    if not is_protected(res) or ("address" not in res and "_address" not in res):
+    if not is_protected(res) or not any(k in res for k in ADDRESS_ELEMENTS):
         return st
-    clean = {k: v for k, v in res.items() if k not in ("address", "_address")}
+    clean = {k: v for k, v in res.items() if k not in ADDRESS_ELEMENTS}
     return replace(st, content=orjson.dumps(clean).decode(), _parsed=clean)
 
 

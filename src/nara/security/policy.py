@@ -59,7 +59,7 @@ from nara.fhir.canonical import BASE
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
-from nara.security.rules import block_custodians, consent_kind, is_protected, ref_id
+from nara.security.rules import ADDRESS_ELEMENTS, block_custodians, consent_kind, is_protected, ref_id
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
@@ -106,7 +106,6 @@ CITIZEN_WRITABLE = frozenset({"Observation", "QuestionnaireResponse", "Communica
 CITIZEN_CONSENT_KINDS = frozenset({"svod-consent", "representative", "block"})
 # Consent kinds created only by their operations ($emergency-access, $break-block).
 OPERATION_ONLY_CONSENTS = frozenset({"emergency", "block-break"})
-ADDRESS_ELEMENTS = ("address", "_address")  # what a protected patient never shows (R-ID-3)
 # Resources that establish a care relationship: a unit may create them for its own unit without one.
 CARE_ESTABLISHING = frozenset({"EpisodeOfCare", "Encounter", "CareTeam"})
 

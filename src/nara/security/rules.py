@@ -15,6 +15,7 @@ from sqlalchemy import delete, insert
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
+from nara.store.indexing import register_index_view
 from nara.store.store import register_write_hook
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ SAMORDNINGSNUMMER = "http://electronichealth.se/identifier/samordningsnummer"
 RULE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam", "Consent", "RelatedPerson", "Patient"})
 PROTECTED_LABEL_SYSTEM = "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel"
 PROTECTED_LABELS = frozenset({"sekretessmarkering", "skyddadFolkbokforing"})
+ADDRESS_ELEMENTS = ("address", "_address")  # what a protected patient never shows (R-ID-3)
 ACTIVE_EPISODE = frozenset({"active", "waitlist", "onhold"})
 ACTIVE_ENCOUNTER = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave"})
 FINISHED_ENCOUNTER_DAYS = 30
@@ -100,6 +102,14 @@ def is_protected(res: dict[str, Any]) -> bool:
         isinstance(x, dict) and x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS
         for x in labels
     )
+
+
+def searchable(res: dict[str, Any]) -> dict[str, Any]:
+    """The resource as the search index sees it: a protected patient's address is left out (R-ID-3), else a
+    search by address would be an oracle on it."""
+    if res.get("resourceType") == "Patient" and any(k in res for k in ADDRESS_ELEMENTS) and is_protected(res):
+        return {k: v for k, v in res.items() if k not in ADDRESS_ELEMENTS}
+    return res
 
 
 def block_custodians(res: dict[str, Any]) -> list[str]:
@@ -255,3 +265,4 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
 
 
 register_write_hook(on_write)
+register_index_view(searchable)

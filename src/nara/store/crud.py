@@ -24,7 +24,7 @@ from nara.fhir.outcome import FhirError, invalid, not_found
 from nara.fhir.searchparams import compartment_patient, extract
 from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
-from nara.store.indexing import delete_index, index_params, insert_index, mask_of
+from nara.store.indexing import INDEX_VIEWS, delete_index, index_params, insert_index, mask_of
 from nara.store.memo import Memo
 from nara.store.schema import resource, resource_history
 
@@ -318,6 +318,9 @@ class Tx:
         return now
 
     def _index(self, res: dict[str, Any]) -> tuple[Any, str | None, int]:
+        """The index rows, compartment patient and index mask of ``res`` (as the registered index views show it)."""
+        for view in INDEX_VIEWS:
+            res = view(res)
         rows = extract(res)
         patient = compartment_patient(res, rows)
         return rows, patient, mask_of(rows)

@@ -9,6 +9,7 @@ start per table. Deleting works the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -19,6 +20,17 @@ from nara.store.schema import INDEX_TABLES, INDEX_VALUE_COLUMNS
 
 TABLE_ORDER = tuple(INDEX_TABLES)  # bit i of resource.index_mask = rows in TABLE_ORDER[i]
 BASE_COLUMNS = ("rid", "res_type", "param", "patient_id")
+
+
+# Views of a resource for its search index: upper layers register what must never be searchable (e.g. the
+# address of a patient with protected identity, which a search would otherwise reveal). They register at
+# import, as write hooks do (nara.store.store.register_write_hook), so the store does not depend on them.
+INDEX_VIEWS: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+
+
+def register_index_view(view: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    if view not in INDEX_VIEWS:
+        INDEX_VIEWS.append(view)
 
 
 def index_params(rid: int, res_type: str, patient_id: str | None, rows: IndexRows) -> dict[str, list[dict[str, Any]]]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import orjson
 from sqlalchemy import bindparam, delete, false, func, select, update
 
-from nara.fhir.searchparams import compartment_patient, extract
 from nara.store.database import json_out
-from nara.store.indexing import index_params, insert_index, mask_of
+from nara.store.indexing import index_params, insert_index
 from nara.store.schema import INDEX_TABLES, resource
 from nara.store.store import Store
 
@@ -69,11 +68,10 @@ def reindex(
             changes = []
             for r in batch:
                 res = orjson.loads(r.content)
-                extracted = extract(res)
-                patient = compartment_patient(res, extracted)
+                extracted, patient, mask = tx._index(res)
                 for kind, params in index_params(r.rid, res["resourceType"], patient, extracted).items():
                     rows.setdefault(kind, []).extend(params)
-                changes.append({"b_rid": r.rid, "b_mask": mask_of(extracted), "b_patient": patient})
+                changes.append({"b_rid": r.rid, "b_mask": mask, "b_patient": patient})
                 summary.moved += patient != r.patient_id
             insert_index(tx.conn, rows)
             tx.conn.execute(
