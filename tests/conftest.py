@@ -113,15 +113,15 @@ def truncate(store: Store) -> None:
 
 def _truncate(store: Store) -> None:
     with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        for stmt in drop_guard_statements(conn.dialect.name):
+            conn.exec_driver_sql(stmt)
         if store.postgres:
             names = ", ".join(t.name for t in metadata.sorted_tables)
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
         else:
-            for stmt in drop_guard_statements("sqlite"):
-                conn.exec_driver_sql(stmt)
             for t in metadata.sorted_tables:
                 conn.execute(t.delete())
-            install_guards(conn, 1827)
+        install_guards(conn, 1827)
 
 
 def reset_settings(store: Store) -> None:

@@ -211,6 +211,22 @@ def test_r_log_2_records_cannot_be_changed_or_deleted(region: Region, store: Sto
     assert region.fhir.delete(f"AuditEvent/{seq}").status_code == 405
 
 
+def test_r_log_2_the_log_cannot_be_truncated(region: Region, store: Store, backend: Backend) -> None:
+    """TRUNCATE fires no row trigger; on PostgreSQL a statement trigger refuses it (SQLite has no TRUNCATE: its
+    DELETE without WHERE meets the row triggers above)."""
+    if backend.name != "postgres":
+        pytest.skip("TRUNCATE is a PostgreSQL statement")
+    before = len(events(store))
+    for table in ("audit_event, audit_access", "audit_access", "audit_review"):
+        with (
+            pytest.raises(Exception, match="audit records cannot be truncated"),
+            store.engine.connect().execution_options(nara_write=True) as conn,
+            conn.begin(),
+        ):
+            conn.exec_driver_sql(f"TRUNCATE {table}")
+    assert len(events(store)) == before > 0
+
+
 def test_r_log_2_only_sealing_may_set_a_records_chain_columns_once(region: Region, store: Store) -> None:
     """The one change the guard lets through is the sealer's: the chain columns of an unsealed record, set once,
     nothing else with them. Resealing, or sealing while changing a field, is refused, as is changing an access."""

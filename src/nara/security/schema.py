@@ -130,6 +130,9 @@ def retention_days(years: int) -> int:
     return -(-years * 1461 // 4)
 
 
+AUDIT_TABLES = ("audit_event", "audit_access", "audit_review")
+
+
 def _sealing_only(dialect: str) -> str:
     """The one change an ``audit_event`` row may take: its chain columns set once, every other column as it was.
 
@@ -177,6 +180,21 @@ END $$ LANGUAGE plpgsql""",
             "DROP TRIGGER IF EXISTS nara_audit_review_guard ON audit_review",
             "CREATE TRIGGER nara_audit_review_guard BEFORE UPDATE OR DELETE ON audit_review "
             "FOR EACH ROW EXECUTE FUNCTION nara_audit_guard('reviewed_at')",
+            # TRUNCATE fires no row trigger: refuse it outright (it would empty the log, retention or not).
+            """
+CREATE OR REPLACE FUNCTION nara_audit_no_truncate() RETURNS trigger AS $$
+BEGIN
+  RAISE EXCEPTION 'audit records cannot be truncated';
+END $$ LANGUAGE plpgsql""",
+            *(
+                stmt
+                for table in AUDIT_TABLES
+                for stmt in (
+                    f"DROP TRIGGER IF EXISTS nara_{table}_no_truncate ON {table}",
+                    f"CREATE TRIGGER nara_{table}_no_truncate BEFORE TRUNCATE ON {table} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION nara_audit_no_truncate()",
+                )
+            ),
         ]
     keep = f"datetime('now', '-{int(retention_days)} days')"
     return [
@@ -212,6 +230,7 @@ def drop_guard_statements(dialect: str) -> list[str]:
             "DROP TRIGGER IF EXISTS nara_audit_event_sealing_only ON audit_event",
             "DROP TRIGGER IF EXISTS nara_audit_access_guard ON audit_access",
             "DROP TRIGGER IF EXISTS nara_audit_review_guard ON audit_review",
+            *(f"DROP TRIGGER IF EXISTS nara_{table}_no_truncate ON {table}" for table in AUDIT_TABLES),
         ]
     return [
         f"DROP TRIGGER IF EXISTS {name}"
