@@ -302,6 +302,33 @@ def test_r_blk_2_blocked_info_signalled_without_source(region: Region, store: St
     assert VC not in text_ and REGION not in text_ and "Vårdcentralen" not in text_
 
 
+def test_r_blk_2_the_block_consent_tells_only_the_custodians_staff_where_blocked_data_is(region: Region) -> None:
+    """The block Consent names the blocked unit; other staff in care must not read it (they learn where only
+    through $break-block), while the custodian's staff read it to lift the block at the patient's request."""
+    anna = region.patients["anna"]
+    with_consent_for(region, HSV)
+    with client(region, token(region.pnr["anna"], "citizen")) as c:
+        mine = consent(anna, "block", {"type": "deny", "actor": [actor("CST", f"Organization/{VC}")]})
+        blk = c.post("Consent", content=orjson.dumps(mine), headers=JSON).json()
+        assert c.get(f"Consent/{blk['id']}").status_code == 200  # the patient reads her own block
+    with client(region, region.staff["hsv"].token()) as c:
+        for query in (f"Consent?patient={anna}&_count=50", "Consent?_count=50"):
+            r = c.get(query)
+            assert r.status_code == 200 and VC not in r.text and blk["id"] not in r.text, query
+        # Her record names the health centre where she is listed, but not the block on it.
+        everything = c.get(f"Patient/{anna}/$everything?_count=500")
+        assert everything.status_code == 200 and blk["id"] not in everything.text
+        assert not [
+            e for e in everything.json().get("entry", []) if e["resource"]["resourceType"] == "Consent" and VC in str(e)
+        ]
+        assert c.get(f"Consent/{blk['id']}").status_code == 403
+        svod = ids(c.get(f"Consent?patient={anna}&category={NARA}/CodeSystem/pdl-consent-kind|svod-consent").json())
+        assert len(svod) == 1  # the patient's other consents stay readable
+    with client(region, region.staff["vc"].token()) as c:
+        assert blk["id"] in ids(c.get(f"Consent?patient={anna}").json())
+        assert c.get(f"Consent/{blk['id']}").status_code == 200
+
+
 def test_r_blk_2_two_step_break_reveals_where_then_content_each_logged(region: Region, store: Store) -> None:
     anna = region.patients["anna"]
     with_consent_for(region, HSV)

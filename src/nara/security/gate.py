@@ -305,7 +305,7 @@ class Gate:
             (patient,) = patients
 
             def pinned(alias: Any, _rtype: str | None) -> Any:
-                return policy.pinned_filter(tx, alias, patient, suppressed=True)
+                return policy.pinned_filter(tx, alias, patient, suppressed=True, rtype=_rtype)
 
             row_filter: Any = pinned
         else:

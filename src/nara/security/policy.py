@@ -59,11 +59,18 @@ from nara.fhir.canonical import BASE
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
-from nara.security.rules import ADDRESS_ELEMENTS, block_custodians, consent_kind, is_protected, ref_id
+from nara.security.rules import (
+    ADDRESS_ELEMENTS,
+    CONSENT_KIND_SYSTEM,
+    block_custodians,
+    consent_kind,
+    is_protected,
+    ref_id,
+)
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
-from nara.store.schema import sp_token
+from nara.store.schema import sp_reference, sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
 NOT_FOR_PATIENT = "not-for-patient"
@@ -125,6 +132,11 @@ def _active_value(name: str) -> Any:
     return policy.values[name]
 
 
+def _may_be_consent(rtype: str | None) -> bool:
+    """Whether rows of ``rtype`` (None: of any type) may be Consents, which some filters treat apart."""
+    return rtype is None or rtype == "Consent"
+
+
 def _late(name: str, type_: Any = None, expanding: bool = False) -> Any:
     """A bind parameter whose value is read from the active policy when the statement executes."""
     return bindparam(
@@ -133,10 +145,10 @@ def _late(name: str, type_: Any = None, expanding: bool = False) -> Any:
 
 
 def _constants(values: list[str] | tuple[str, ...]) -> list[Any]:
-    """A fixed list of our own constants (resource type names) written into the SQL text: nothing to bind or
-    re-render per execution, and fewer parameters keep the statement within the driver's parse cache."""
-    if not all(v.isascii() and v.isalpha() for v in values):
-        raise ValueError("only resource type names can be written into the SQL text")
+    """A fixed list of our own constants (resource type names, codes) written into the SQL text: nothing to bind
+    or re-render per execution, and fewer parameters keep the statement within the driver's parse cache."""
+    if not all(v.isascii() and v.replace("-", "").isalnum() for v in values):
+        raise ValueError("only names and codes of letters, digits and hyphens can be written into the SQL text")
     return [literal_column(f"'{v}'", String()) for v in values]
 
 
@@ -265,19 +277,47 @@ class Policy:
 
     # ---- reading -------------------------------------------------------------------------------
     def row_filter(self, a: Alias, rtype: str | None = None) -> ColumnElement[bool] | None:
-        """The rows of ``a`` the actor may read (None: no restriction)."""
-        return self._filter(a, blocked_rows=False)
+        """The rows of ``a`` (of type ``rtype``; None: any type) the actor may read (None: no restriction)."""
+        return self._filter(a, False, _may_be_consent(rtype))
 
     def suppressed_filter(self, a: Alias, rtype: str | None = None) -> ColumnElement[bool] | None:
         """Rows the actor could read but for a block: used only to signal that blocked data exists."""
-        return self._filter(a, blocked_rows=True)
+        return self._filter(a, True, _may_be_consent(rtype))
 
-    def _filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
-        return _FILTERS.get((self.shape, a, blocked_rows), lambda: self._build_filter(a, blocked_rows))
+    def _filter(self, a: Alias, blocked_rows: bool, consents: bool) -> ColumnElement[bool] | None:
+        return _FILTERS.get(
+            (self.shape, a, blocked_rows, consents), lambda: self._build_filter(a, blocked_rows, consents)
+        )
 
-    def _build_filter(self, a: Alias, blocked_rows: bool) -> ColumnElement[bool] | None:
-        cond = self._with_scope_types(a, self._pdl_filter(a, blocked_rows))
-        return ShapedCondition(cond, (self.shape, blocked_rows), a) if cond is not None else None
+    def _build_filter(self, a: Alias, blocked_rows: bool, consents: bool) -> ColumnElement[bool] | None:
+        cond = self._pdl_filter(a, blocked_rows)
+        if consents and not blocked_rows and cond is not None:
+            cond = self._without_others_blocks(a, cond)
+        cond = self._with_scope_types(a, cond)
+        return ShapedCondition(cond, (self.shape, blocked_rows, consents), a) if cond is not None else None
+
+    def _without_others_blocks(self, a: Alias, cond: ColumnElement[bool]) -> ColumnElement[bool]:
+        """``cond`` without the block and block-break Consents of other providers' data: they name the unit or
+        provider whose data is blocked, which staff may learn only through $break-block (R-BLK-2). Staff of the
+        custodian (my unit or my provider) still read them, to lift a block at the patient's request."""
+        if self.actor.kind != "staff" or self.actor.policy_off or self.actor.assignment is None:
+            return cond
+        kind = sp_token.alias("ck")
+        custodian = sp_reference.alias("cc")
+        block_consent = exists().where(
+            kind.c.rid == a.c.rid,
+            kind.c.param == _constants(["category"])[0],
+            kind.c.system == CONSENT_KIND_SYSTEM,
+            kind.c.code.in_(_constants(["block", "block-break"])),
+        )
+        mine = exists().where(
+            custodian.c.rid == a.c.rid,
+            custodian.c.param == "actor",
+            custodian.c.target_type == "Organization",
+            or_(custodian.c.target_id == _late("unit"), custodian.c.target_id == _late("provider")),
+        )
+        others = and_(a.c.res_type == _constants(["Consent"])[0], block_consent, not_(mine))
+        return and_(cond, not_(others))
 
     def patient_rules(self, tx: Tx, patient: str) -> list[Any]:
         """The patient's care relationship at my unit and access rules (consents, emergency assertions,
@@ -315,7 +355,9 @@ class Policy:
         if self._pins_patient_rules():
             self.patient_rules(tx, patient)
 
-    def pinned_filter(self, tx: Tx, a: Alias, patient: str, suppressed: bool = False) -> ColumnElement[bool] | None:
+    def pinned_filter(
+        self, tx: Tx, a: Alias, patient: str, suppressed: bool = False, rtype: str | None = None
+    ) -> ColumnElement[bool] | None:
         """The read filter for rows that all belong to ``patient`` (a patient-scoped search).
 
         The patient-level facts (care relationship, consent, emergency assertion, blocks and breaks) are
@@ -328,7 +370,8 @@ class Policy:
         actor = self.actor
         asg = actor.assignment
         if not self._pins_patient_rules() or asg is None:
-            return self.suppressed_filter(a) if suppressed else self.row_filter(a)
+            return self.suppressed_filter(a, rtype) if suppressed else self.row_filter(a, rtype)
+        consents = _may_be_consent(rtype) and not suppressed
         rows = self.patient_rules(tx, patient)
         me = actor.practitioner or ""
         care = any(r.kind == "care" and self._current(r) for r in rows)
@@ -343,7 +386,7 @@ class Policy:
             else []
         )
         if not blocks:
-            return self._pinned_without_blocks(a, suppressed, relation, svod)
+            return self._pinned_without_blocks(a, suppressed, relation, svod, consents)
         conds = []
         for r in blocks:
             parts = [or_(a.c.owner_org == r.org, a.c.owner_unit == r.org)]
@@ -363,20 +406,24 @@ class Policy:
         else:
             own = _own_unit(a.c)
             cond = or_(own, and_(or_(*crossing), not_(blocked))) if crossing else own
+        if consents:
+            cond = self._without_others_blocks(a, cond)
         return self._with_scope_types(a, cond)
 
     def _pinned_without_blocks(
-        self, a: Alias, suppressed: bool, relation: bool, svod: bool
+        self, a: Alias, suppressed: bool, relation: bool, svod: bool, consents: bool
     ) -> ColumnElement[bool] | None:
         """The pinned filter of a patient with no block that concerns me (the common case): the same for every
         such patient, so it is built once per shape and these facts, its values bound late (``_filter``)."""
-        facts = ("pinned", suppressed, relation, svod)
+        facts = ("pinned", suppressed, relation, svod, consents)
 
         def build() -> ColumnElement[bool] | None:
             if not relation or suppressed:
                 cond: ColumnElement[bool] = false()
             else:
                 cond = or_(_own_unit(a.c), *self._pinned_crossing(a, svod))
+                if consents:
+                    cond = self._without_others_blocks(a, cond)
             return ShapedCondition(self._with_scope_types(a, cond), (self.shape, *facts), a)
 
         return _FILTERS.get((self.shape, a, *facts), build)

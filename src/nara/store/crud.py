@@ -209,16 +209,17 @@ class Tx:
             q = q.with_for_update()
         return self.conn.execute(q).first()
 
-    def visible(self, table: Any) -> list[Any]:
-        """The policy's row filter for ``table`` (resource or resource_history), as WHERE conditions."""
+    def visible(self, table: Any, rtype: str | None = None) -> list[Any]:
+        """The policy's row filter for ``table`` (resource or resource_history; rows of ``rtype``, None: any
+        type), as WHERE conditions."""
         if self.policy is None:
             return []
-        cond = self.policy.row_filter(table, None)
+        cond = self.policy.row_filter(table, rtype)
         return [] if cond is None else [cond]
 
-    def _read_by_id(self) -> Select[Any]:
+    def _read_by_id(self, rtype: str) -> Select[Any]:
         """The read-by-id statement under this transaction's row filter (values bound as read_type, read_id)."""
-        conds = self.visible(resource)
+        conds = self.visible(resource, rtype)
         key = (int(self.pg), *(id(c) for c in conds))  # the memo's entry keeps the conditions (and their ids) alive
 
         def build() -> tuple[list[Any], Select[Any]]:
@@ -238,7 +239,7 @@ class Tx:
     def read(self, rtype: str, rid: str) -> Stored:
         _ensure_type(rtype)
         _ensure_id(rid)
-        stmt = self._read_by_id()
+        stmt = self._read_by_id(rtype)
         params = {"read_type": rtype, "read_id": rid}
         recorder = self.read_recorder
         if recorder is not None and recorder.applies(rtype, rid):
@@ -280,7 +281,10 @@ class Tx:
                     table.c.owner_unit,
                     json_out(table.c.content, self.pg).label("content"),
                 ).where(
-                    table.c.res_type == rtype, table.c.res_id == rid, table.c.version == version, *self.visible(table)
+                    table.c.res_type == rtype,
+                    table.c.res_id == rid,
+                    table.c.version == version,
+                    *self.visible(table, rtype),
                 )
             ).first()
             if row is not None:

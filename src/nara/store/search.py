@@ -754,7 +754,7 @@ class Searcher:
         sql_type = rtype if rtype is not None else (q.types[0] if len(q.types) == 1 else None)
         conds.extend(self.sql.criteria(q.criteria, sql_type, a, patient if rtype else None))
         if patient is not None and rtype is not None and self.policy is not None:
-            pinned = self.policy.pinned_filter(self.tx, a, patient)  # patient-level facts read once
+            pinned = self.policy.pinned_filter(self.tx, a, patient, rtype=rtype)  # patient-level facts read once
             if pinned is not None:
                 conds.append(pinned)
         else:
