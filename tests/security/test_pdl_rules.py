@@ -302,6 +302,38 @@ def test_r_blk_2_blocked_info_signalled_without_source(region: Region, store: St
     assert VC not in text_ and REGION not in text_ and "Vårdcentralen" not in text_
 
 
+def signalled(bundle: dict[str, Any]) -> bool:
+    return any(
+        i["code"] == "suppressed"
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode") == "outcome"
+        for i in e["resource"]["issue"]
+    )
+
+
+def test_r_blk_2_the_signal_answers_no_question_about_the_blocked_datas_content_or_source(region: Region) -> None:
+    """Blocked data is signalled for the patient, whatever the search asked: counting with the search's own
+    criteria would tell which code the blocked data has, or which provider keeps it."""
+    anna = region.patients["anna"]
+    with_consent_for(region, HSV)
+    block(region, VC)
+    blocked_code = "29463-7"  # the health centre's Observation (region.data["vc"])
+    with client(region, region.staff["hsv"].token()) as c:
+        answers = {
+            query: signalled(c.get(query).json())
+            for query in (
+                f"Observation?patient={anna}&code={blocked_code}",
+                f"Observation?patient={anna}&code=1234-5",
+                f"Encounter?patient={anna}&service-provider=Organization/{VC}",
+                f"Encounter?patient={anna}&service-provider=Organization/{AVD}",
+                f"Condition?patient={anna}",
+            )
+        }
+    assert set(answers.values()) == {True}, answers
+    with client(region, region.staff["vc"].token()) as c:  # the blocked unit itself: nothing is withheld from it
+        assert not signalled(c.get(f"Observation?patient={anna}&code={blocked_code}").json())
+
+
 def test_r_blk_2_the_block_consent_tells_only_the_custodians_staff_where_blocked_data_is(region: Region) -> None:
     """The block Consent names the blocked unit; other staff in care must not read it (they learn where only
     through $break-block), while the custodian's staff read it to lift the block at the patient's request."""
