@@ -516,6 +516,24 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
     assert reviews[0].reviewer == region.staff["audit"].hsa
 
 
+def test_r_log_4_an_audit_event_names_every_patient_its_interaction_touched(region: Region, store: Store) -> None:
+    """An auditor reading the log as AuditEvent sees every patient of a search, each with its access type (one
+    entity per patient), not only one of them."""
+    anna, hidden = region.patients["anna"], region.patients["hidden"]
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Patient?_id={anna},{hidden}").json()["total"] == 2
+    ev = events(store, user_id=vc.hsa, action="search")[-1]
+    logged = {(a.patient_id, a.access_type) for a in accesses(store, ev.seq)}
+    assert {p for p, _ in logged} == {anna, hidden}
+    with region.as_(region.staff["audit"].token()) as c:
+        got = c.get(f"AuditEvent/{ev.seq}").json()
+        listed = c.get(f"AuditEvent?patient={hidden}").json()
+    shown = {(e["what"]["reference"], x["valueCode"]) for e in got["entity"] for x in e["extension"]}
+    assert shown == {(f"Patient/{p}", t) for p, t in logged}
+    assert any(e["resource"]["id"] == str(ev.seq) and len(e["resource"]["entity"]) == 2 for e in listed["entry"])
+
+
 def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
     with store.transaction() as tx:
         start, end = audit.default_period(1)

@@ -521,6 +521,44 @@ def _agents(
     return agents
 
 
+def _event_with_accesses(r: Any, accesses: list[Any]) -> dict[str, Any]:
+    """A logged interaction as an AuditEvent with every patient it touched: one entity per patient, each with
+    the access types under which that patient's data was reached (a search can touch many)."""
+    types = sorted({a.access_type for a in accesses})
+    event = _audit_event_json(
+        r.seq,
+        r.recorded_at,
+        r.action,
+        r.outcome,
+        r.actor_kind,
+        r.user_id,
+        r.user_name,
+        r.unit_id,
+        None,
+        r.provider_id,
+        None,
+        None,
+        types[0] if len(types) == 1 else None,
+        flags=r.flags,
+        reason=r.reason,
+    )
+    by_patient: dict[str, list[str]] = {}
+    for a in accesses:
+        kinds = by_patient.setdefault(a.patient_id, [])
+        if a.access_type not in kinds:
+            kinds.append(a.access_type)
+    if by_patient:
+        event["entity"] = [
+            {
+                "what": {"reference": f"Patient/{patient}"},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"},
+                "extension": [{"url": f"{NARA}/StructureDefinition/access-type", "valueCode": k} for k in kinds],
+            }
+            for patient, kinds in by_patient.items()
+        ]
+    return event
+
+
 def _require_auditor(tx: Tx) -> Actor:
     actor = _policy(tx).actor
     if not (actor.can_review_logs() or (actor.kind == "system" and actor.policy_off)):
@@ -555,29 +593,11 @@ def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Out
     rows = tx.conn.execute(select(audit_event).where(*conds).order_by(audit_event.c.seq.desc()).limit(count)).all()
     if seq is not None and not rows:
         raise FhirError(404, "not-found", f"AuditEvent/{seq} is not known")
-    access = {
-        r.seq: r for r in tx.conn.execute(select(audit_access).where(audit_access.c.seq.in_([x.seq for x in rows])))
-    }
-    events = [
-        _audit_event_json(
-            r.seq,
-            r.recorded_at,
-            r.action,
-            r.outcome,
-            r.actor_kind,
-            r.user_id,
-            r.user_name,
-            r.unit_id,
-            None,
-            r.provider_id,
-            None,
-            access[r.seq].patient_id if r.seq in access else None,
-            access[r.seq].access_type if r.seq in access else None,
-            flags=r.flags,
-            reason=r.reason,
-        )
-        for r in rows
-    ]
+    access: dict[int, list[Any]] = {}
+    found = select(audit_access).where(audit_access.c.seq.in_([x.seq for x in rows])).order_by(audit_access.c.seq)
+    for a in tx.conn.execute(found):
+        access.setdefault(a.seq, []).append(a)
+    events = [_event_with_accesses(r, access.get(r.seq, [])) for r in rows]
     if seq is not None:
         return Outcome(200, events[0])
     return Outcome(
