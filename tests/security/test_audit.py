@@ -516,6 +516,27 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
     assert reviews[0].reviewer == region.staff["audit"].hsa
 
 
+def test_r_log_1_a_denial_names_the_patient_and_a_refused_batch_entry_is_one_too(region: Region, store: Store) -> None:
+    anna = region.patients["anna"]
+    obs = region.post(observation(anna, "8867-4", 71), region.staff["vc"].token())["id"]
+    tom = region.staff["tom"]  # no care relationship with Anna
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Observation/{obs}"}}],
+    }
+    with region.as_(tom.token()) as c:
+        assert c.get(f"Observation/{obs}").status_code == 403
+        answered = c.post("", content=orjson.dumps(batch), headers=JSON).json()
+        assert answered["entry"][0]["response"]["status"].startswith("403")
+        assert c.get(f"Patient/{anna}").status_code == 403
+    denials = events(store, user_id=tom.hsa, outcome="deny")
+    assert [(d.action, d.resource_id) for d in denials] == [("read", obs), ("read", obs), ("read", anna)]
+    for d in denials:
+        assert [(a.patient_id, a.access_type) for a in accesses(store, d.seq)] == [(anna, "denied")]
+        assert d.patient_count == 1 and "not allowed" in (d.reason or "")
+
+
 def test_r_log_4_an_audit_event_names_every_patient_its_interaction_touched(region: Region, store: Store) -> None:
     """An auditor reading the log as AuditEvent sees every patient of a search, each with its access type (one
     entity per patient), not only one of them."""

@@ -210,6 +210,37 @@ class Gate:
             ),
         )
 
+    def audit_refused_request(self, actor: Actor, req: Any, error: FhirError) -> None:
+        """The denial record of a refused request, naming the patient whose data it tried to reach, where the
+        request says it: the patient of the resource read or written, or the patient searched for."""
+        parts = [p for p in req.path.strip("/").split("/") if p]
+        rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
+        rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
+        patient: str | None = None
+        if rtype == "Patient" and rid:
+            patient = rid
+        elif rtype and rid:
+            try:
+                with self.store.transaction(write=False) as tx:
+                    found = tx.conn.execute(
+                        select(resource.c.patient_id).where(resource.c.res_type == rtype, resource.c.res_id == rid)
+                    ).first()
+                patient = found.patient_id if found is not None else None
+            except FhirError:
+                patient = None
+        else:
+            asked = [v for k, v in req.query if k.split(":")[0] in ("patient", "subject")]
+            patient = asked[0].split("/")[-1][:64] if len(asked) == 1 and "," not in asked[0] else None
+        self.audit_denial(
+            actor,
+            interaction_kind(req.method.upper(), req.path) or req.method.lower(),
+            f"{req.method} {req.path}",
+            error,
+            rtype,
+            rid,
+            patient,
+        )
+
     def audit_denial(
         self,
         actor: Actor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -117,20 +118,13 @@ def _authenticate_and_execute(
 def _execute(store: Store, gate: Gate, actor: Actor, ctx: Context, req: FhirRequest) -> Outcome:
     """Run the request under the actor's policy; every transaction it opens carries that policy."""
     token = current_policy.set(gate.policy(actor))
+    ctx.audit_denial = partial(gate.audit_refused_request, actor)  # also for the entries of a batch
     try:
         try:
             return _run(store, ctx, req)
         except FhirError as exc:
             if exc.status == 403:
-                parts = [p for p in req.path.strip("/").split("/") if p]
-                gate.audit_denial(
-                    actor,
-                    interaction_kind(req.method, req.path) or req.method.lower(),
-                    f"{req.method} {req.path}",
-                    exc,
-                    parts[0] if parts else None,
-                    parts[1] if len(parts) > 1 else None,
-                )
+                ctx.audit_denial(req, exc)
                 raise
             if not gate.rules_unreadable(exc):
                 raise

@@ -355,6 +355,7 @@ def run_batch(store: Store, ctx: Context, bundle: dict[str, Any]) -> dict[str, A
     entries = bundle.get("entry") or []
     out = []
     for i, entry in enumerate(entries):
+        req: FhirRequest | None = None
         try:
             req = _entry_request(entry, i, ctx.base_url)
             if isinstance(req.body, dict):
@@ -363,6 +364,8 @@ def run_batch(store: Store, ctx: Context, bundle: dict[str, Any]) -> dict[str, A
                 result = dispatch(tx, ctx, req)
             out.append(_response_entry(result, ctx.prefer_return, req.method))
         except FhirError as e:
+            if e.status == 403 and req is not None and ctx.audit_denial is not None:
+                ctx.audit_denial(req, e)  # a refused entry is a denial like a refused request (R-LOG-1)
             out.append({"response": {"status": status_line(e.status), "outcome": e.outcome()}})
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
 

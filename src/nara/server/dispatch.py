@@ -61,6 +61,8 @@ class Context:
     audit_before: Callable[[Tx, FhirRequest], None] | None = None
     # Applied to every resource version before it is returned (e.g. hiding protected addresses, R-ID-3).
     redact: Callable[[Stored], Stored] | None = None
+    # Called with (request, error) when an interaction is refused (403): the denial's audit record.
+    audit_denial: Callable[[FhirRequest, FhirError], None] | None = None
 
 
 @dataclass
