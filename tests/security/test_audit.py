@@ -537,6 +537,33 @@ def test_r_log_1_a_denial_names_the_patient_and_a_refused_batch_entry_is_one_too
         assert d.patient_count == 1 and "not allowed" in (d.reason or "")
 
 
+def test_r_log_1_a_count_about_a_patient_is_logged_against_that_patient(region: Region, store: Store) -> None:
+    """``_summary=count`` returns no resource but answers a question about the patient's data ("has she had this
+    test?"): the record names the patient, with access type count, also for a POST _search form."""
+    anna = region.patients["anna"]
+    vc = region.staff["vc"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Observation?patient={anna}&code=29463-7&_summary=count").json()["total"] == 1
+        assert c.get(f"Observation?subject=Patient/{anna}&_count=0&_total=accurate").json()["total"] == 1
+        r = c.post("Observation/_search", content=f"patient={anna}&_summary=count".encode(), headers=form)
+        assert r.json()["total"] == 1
+        assert c.get(f"Observation?patient={anna}&code=0000-0&_summary=count").json()["total"] == 0
+    searches = events(store, user_id=vc.hsa, action="search")[-4:]
+    assert [[(a.patient_id, a.access_type) for a in accesses(store, s.seq)] for s in searches] == [
+        [(anna, "count")],
+        [(anna, "count")],
+        [(anna, "count")],
+        [],  # nothing counted, nothing told
+    ]
+    assert f"patient={anna}" in (searches[2].request or "")  # the form's parameters are in the request text
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        extract = c.get(f"Patient/{anna}/$log-extract").json()
+    assert any(x.get("valueCode") == "count" for e in extract["entry"] for x in e["resource"].get("extension", [])), (
+        "the patient sees that her data was counted"
+    )
+
+
 def test_r_log_4_an_audit_event_names_every_patient_its_interaction_touched(region: Region, store: Store) -> None:
     """An auditor reading the log as AuditEvent sees every patient of a search, each with its access type (one
     entity per patient), not only one of them."""

@@ -141,7 +141,10 @@ class Gate:
         flags: set[str] | None = None,
         reason: str | None = None,
         assertion_id: str | None = None,
+        counted: Iterable[str] = (),
     ) -> None:
+        """One record of a read-like interaction: the patients of ``rows`` by owner and access type, and the
+        ``counted`` patients, whose data a search counted without returning it (``_summary=count``)."""
         policy: Policy = tx.policy
         rec = audit.AuditRecord(
             action=action,
@@ -153,7 +156,7 @@ class Gate:
             reason=reason,
             assertion_id=assertion_id,
             flags=set(flags or ()),
-            accesses=self.accesses(tx, policy, rows),
+            accesses=[*self.accesses(tx, policy, rows), *(audit.Access(p, None, None, "count") for p in counted)],
             lookup_protected=policy.rules_available,
         )
         if tx.autocommit and tx.pg and rec.lookup_protected:
@@ -296,7 +299,11 @@ class Gate:
         if isinstance(recorder, audit.RecordingRead) and recorder.seq is not None:
             return  # written by the read itself
         request, rtype, rid, flags = _read_interaction(tx, req)
-        self.audit_interaction(tx, action, request, list(out.returned), rtype, rid, flags)
+        rows = list(out.returned)
+        counted: list[str] = []
+        if action == "search" and not rows and isinstance(out.body, dict) and (out.body.get("total") or 0) > 0:
+            counted = _searched_patients(req, rtype)  # a count about a patient tells about the patient's data
+        self.audit_interaction(tx, action, request, rows, rtype, rid, flags, counted=counted)
         if action == "search" and rtype is not None and isinstance(out.body, dict):
             self.signal_blocked(tx, req, out.body)
 
@@ -377,12 +384,31 @@ _BLOCKED_ROWS: Alias = resource.alias("blk")  # type: ignore[assignment]
 
 
 # ---- per-request wiring ---------------------------------------------------------------------------
+def _searched_patients(req: Any, rtype: str | None) -> list[str]:
+    """The patients a search names: by ``patient`` or ``subject`` (or ``_id`` of a Patient search)."""
+    names = ("patient", "subject", "_id") if rtype == "Patient" else ("patient", "subject")
+    found: list[str] = []
+    for k, v in _search_parameters(req):
+        if k.split(":")[0] in names:
+            for one in v.split(","):
+                pid = one.split("/")[-1].strip()
+                if pid and pid not in found:
+                    found.append(pid[:64])
+    return found
+
+
+def _search_parameters(req: Any) -> list[tuple[str, str]]:
+    """A search's parameters: the URL's, and for POST _search those of its form body."""
+    form = req.body if req.method.upper() == "POST" and isinstance(req.body, list) else []
+    return [*req.query, *form]
+
+
 def _read_interaction(tx: Tx, req: Any) -> tuple[str, str | None, str | None, set[str]]:
     """The log fields of a read-like request: request line, resource type and id, flags."""
     parts = [p for p in req.path.strip("/").split("/") if p]
     rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
     rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
-    query = "&".join(f"{k}={v}" for k, v in req.query)
+    query = "&".join(f"{k}={v}" for k, v in _search_parameters(req))
     request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
     flags = {"active-choice"} if tx.policy.actor.other_units_chosen else set()
     return request, rtype, rid, flags
