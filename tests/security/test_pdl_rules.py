@@ -553,6 +553,67 @@ def test_representative_authorised_by_adult_acts_for_them(region: Region) -> Non
         assert r.status_code == 200 and r.json()["total"] == 3
 
 
+def test_r_acc_1_a_binary_or_document_about_a_patient_needs_a_care_relationship(region: Region, store: Store) -> None:
+    """Binary and Bundle are outside the Patient compartment, yet carry a patient's data: a Binary by its
+    securityContext (the patient, or a resource of hers), a document by its Composition's subject."""
+    anna = region.patients["anna"]
+    vc, tom = region.staff["vc"], region.staff["tom"]
+    doc_ref = region.post(
+        {
+            "resourceType": "DocumentReference",
+            "status": "current",
+            "subject": {"reference": f"Patient/{anna}"},
+            "content": [{"attachment": {"contentType": "text/plain", "data": "aGVq"}}],
+        },
+        vc.token(),
+    )
+    carriers = [
+        {
+            "resourceType": "Binary",
+            "contentType": "text/plain",
+            "data": "aGVq",
+            "securityContext": {"reference": f"Patient/{anna}"},
+        },
+        {
+            "resourceType": "Binary",
+            "contentType": "text/plain",
+            "data": "aGVq",
+            "securityContext": {"reference": f"DocumentReference/{doc_ref['id']}"},
+        },
+        {
+            "resourceType": "Bundle",
+            "type": "document",
+            "identifier": {"system": "urn:ietf:rfc:3986", "value": "urn:uuid:0c3f5e8e-1b7a-4d7e-9a55-7d1f0c1e2b3a"},
+            "timestamp": "2026-12-01T10:00:00+01:00",
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:5d0a3b84-1f2e-4c6a-8f34-9b1d2c3e4f50",
+                    "resource": {
+                        "resourceType": "Composition",
+                        "status": "final",
+                        "type": {"text": "Epikris"},
+                        "subject": {"reference": f"Patient/{anna}"},
+                        "date": "2026-12-01",
+                        "author": [{"display": "Vc Svensson"}],
+                        "title": "Epikris",
+                    },
+                }
+            ],
+        },
+    ]
+    for body in carriers:
+        created = region.post(body, vc.token())
+        path = f"{body['resourceType']}/{created['id']}"
+        with client(region, tom.token()) as c:  # no care relationship with Anna
+            assert c.get(path).status_code == 403, path
+        with client(region, vc.token()) as c:
+            assert c.get(path).status_code == 200, path
+        read = audit_rows(store, user_id=vc.hsa, action="read", resource_id=created["id"])
+        with store.engine.connect() as conn:
+            whose = conn.execute(select(audit_access.c.patient_id).where(audit_access.c.seq == read[-1].seq)).all()
+        assert whose == [(anna,)], path
+
+
 # ---- who registers and changes which consent ------------------------------------------------------
 def test_r_blk_1_staff_register_and_lift_blocks_only_on_their_own_providers_data(region: Region) -> None:
     anna, vc_obs = region.patients["anna"], region.data["vc"]  # type: ignore[attr-defined]

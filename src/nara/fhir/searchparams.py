@@ -552,6 +552,10 @@ def compartment_patient(resource: dict[str, Any], rows: IndexRows) -> str | None
     if rtype == "Patient":
         rid = resource.get("id")
         return rid if isinstance(rid, str) else None
+    if rtype in ("Binary", "Bundle"):
+        # Outside the Patient compartment by definition, yet they carry a patient's data: a Binary by its
+        # securityContext, a document by its Composition's subject.
+        return _patient_reference(_carrier_subject(resource))
     params = patient_compartment_params(rtype)
     if not params:
         return None
@@ -559,6 +563,37 @@ def compartment_patient(resource: dict[str, Any], rows: IndexRows) -> str | None
         for code, (t, i, _url, _s, _v) in rows.reference:
             if code == p and t == "Patient" and i:
                 return i
+    return None
+
+
+def _carrier_subject(resource: dict[str, Any]) -> Any:
+    """What a Binary or Bundle says its patient data belongs to: the Binary's securityContext, or the subject
+    of the Composition that opens a document Bundle."""
+    if resource["resourceType"] == "Binary":
+        return resource.get("securityContext")
+    entries = resource.get("entry")
+    opening = entries[0] if isinstance(entries, list) and entries else None
+    first = opening.get("resource") if isinstance(opening, dict) else None
+    if isinstance(first, dict) and first.get("resourceType") == "Composition":
+        return first.get("subject")
+    return None
+
+
+def carrier_reference(resource: dict[str, Any]) -> tuple[str, str] | None:
+    """The (type, id) a Binary or document Bundle says its data belongs to, when that is not a Patient."""
+    ref = _carrier_subject(resource) if resource.get("resourceType") in ("Binary", "Bundle") else None
+    value = ref.get("reference") if isinstance(ref, dict) else None
+    if not isinstance(value, str) or value.count("/") != 1:
+        return None
+    rtype, rid = value.split("/")
+    return (rtype, rid) if rtype != "Patient" and rtype[:1].isupper() and rid else None
+
+
+def _patient_reference(ref: Any) -> str | None:
+    """The id in a relative reference to a Patient (``Patient/x``), or None."""
+    value = ref.get("reference") if isinstance(ref, dict) else None
+    if isinstance(value, str) and value.startswith("Patient/") and value.count("/") == 1:
+        return value.split("/")[1] or None
     return None
 
 

@@ -21,7 +21,7 @@ from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
 from nara.fhir.ids import is_valid_id, new_id
 from nara.fhir.outcome import FhirError, invalid, not_found
-from nara.fhir.searchparams import compartment_patient, extract
+from nara.fhir.searchparams import carrier_reference, compartment_patient, extract
 from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
 from nara.store.indexing import INDEX_VIEWS, delete_index, index_params, insert_index, mask_of
@@ -327,6 +327,10 @@ class Tx:
             res = view(res)
         rows = extract(res)
         patient = compartment_patient(res, rows)
+        carrier = carrier_reference(res) if patient is None else None
+        if carrier is not None:  # a Binary or document about another resource: that resource's patient
+            found = self._current(*carrier) if carrier[0] in spec().resource_types else None
+            patient = found.patient_id if found is not None else None
         return rows, patient, mask_of(rows)
 
     def create(
