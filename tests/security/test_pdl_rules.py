@@ -487,6 +487,28 @@ def test_citizen_reads_own_data_but_not_what_is_not_for_patient(region: Region) 
         assert ids(c.get("Patient").json()) == {anna}
 
 
+def test_citizen_does_not_read_the_earlier_versions_of_a_deleted_resource_not_for_her(region: Region) -> None:
+    """A deletion removes the index rows that marked the resource not for the patient; its versions stay in
+    the history for staff, never for the patient."""
+    anna = region.patients["anna"]
+    marked = observation(anna, "72166-2", 1.0, "misstanke: missbruk")
+    marked["meta"] = {"security": [{"system": f"{NARA}/CodeSystem/security", "code": "not-for-patient"}]}
+    oid = region.post(marked, region.staff["vc"].token())["id"]
+    own = region.data["vc"]  # type: ignore[attr-defined]
+    citizen = token(region.pnr["anna"], "citizen")
+    with client(region, citizen) as c:
+        assert c.get(f"Observation/{oid}/_history/1").status_code in (403, 404)
+        assert c.get(f"Observation/{own}/_history/1").status_code == 200
+    with client(region, region.staff["vc"].token()) as s:
+        assert s.delete(f"Observation/{oid}").status_code in (200, 204)
+        assert s.get(f"Observation/{oid}/_history/1").status_code == 200  # staff still read the history
+    with client(region, citizen) as c:
+        assert c.get(f"Observation/{oid}/_history/1").status_code in (403, 404)
+        assert "missbruk" not in c.get(f"Observation/{oid}/_history").text
+        assert "missbruk" not in c.get(f"Patient/{anna}/$everything").text
+        assert "missbruk" not in c.get("Observation/_history").text
+
+
 def test_citizen_writes_only_own_self_measurements(region: Region) -> None:
     citizen = token(region.pnr["anna"], "citizen")
     with client(region, citizen) as c:

@@ -70,7 +70,7 @@ from nara.security.rules import (
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
-from nara.store.schema import sp_reference, sp_token
+from nara.store.schema import resource, sp_reference, sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
 NOT_FOR_PATIENT = "not-for-patient"
@@ -468,7 +468,7 @@ class Policy:
         if actor.kind in ("citizen", "proxy"):
             if blocked_rows or not actor.patient:
                 return false() if blocked_rows else public
-            own = and_(a.c.patient_id == _late("patient"), not_(self._not_for_patient(a)))
+            own = and_(a.c.patient_id == _late("patient"), not_(self._not_for_patient(a)), not_(self._withdrawn(a)))
             return or_(public, own)
         assignment = actor.assignment
         if assignment is None:
@@ -521,6 +521,12 @@ class Policy:
             t.c.system == SECURITY_SYSTEM,
             t.c.code == NOT_FOR_PATIENT,
         )
+
+    def _withdrawn(self, a: Alias) -> ColumnElement[bool]:
+        """The row's resource is deleted now. Its earlier versions stay in the history for staff, but not for
+        the patient: a deletion also removed the index rows that said which versions were not for the patient."""
+        cur = resource.alias("wd")
+        return exists().where(cur.c.rid == a.c.rid, cur.c.deleted)
 
     def _assertion(self, patient: ColumnElement[Any], kind: str) -> ColumnElement[bool]:
         """A current consent or emergency assertion of the patient for my unit (and me, if bound)."""
