@@ -407,6 +407,27 @@ def test_r_blk_2_break_needs_emergency_or_consent(region: Region) -> None:
     assert r.status_code == 403
 
 
+def test_r_blk_2_only_an_assignment_that_could_read_the_data_breaks_its_block(region: Region) -> None:
+    """A break lifts a block on data the user could otherwise read; a municipal nurse without the SJF right
+    never reads the health centre's data, so even with the patient's consent step 1 tells her nothing."""
+    anna = region.patients["anna"]
+    block(region, VC)
+
+    def step(who: str, *extra: dict[str, Any]) -> httpx.Response:
+        params = [{"name": "basis", "valueCode": "consent"}, {"name": "reason", "valueString": "Patienten samtycker"}]
+        body = {"resourceType": "Parameters", "parameter": [*params, *extra]}
+        with client(region, region.staff[who].token()) as c:
+            return c.post(f"Patient/{anna}/$break-block", content=orjson.dumps(body), headers=JSON)
+
+    where = {"name": "step", "valueCode": "where"}
+    refused = step("hsvve", where)
+    assert refused.status_code == 403 and VC not in refused.text
+    content = [{"name": "step", "valueCode": "content"}, {"name": "custodian", "valueString": f"Organization/{VC}"}]
+    assert step("hsvve", *content).status_code == 403
+    found = step("hsv", where)  # the nurse with the SJF right
+    assert found.status_code == 200 and f"Organization/{VC}" in found.text
+
+
 def test_r_blk_3_alerts_and_medication_can_be_exempted(region: Region) -> None:
     anna = region.patients["anna"]
     with_consent_for(region, HSV)

@@ -672,14 +672,14 @@ class Policy:
             # The patient asks the care provider holding the data; that provider's staff register or lift the block.
             asg = actor.assignment
             custodians = {*block_custodians(body or {}), *block_custodians(current or {})}
-            if asg is None or not custodians or any(not self._of_my_provider(tx, c) for c in custodians):
+            if asg is None or not custodians or any(not self.of_my_provider(tx, c) for c in custodians):
                 raise FhirError(
                     403,
                     "forbidden",
                     "Staff register or lift a block only on their own care provider's data (R-BLK-1)",
                 )
 
-    def _of_my_provider(self, tx: Tx, org_id: str) -> bool:
+    def of_my_provider(self, tx: Tx, org_id: str) -> bool:
         """Whether an Organization is my care provider or one of its units (by the directory)."""
         asg = self.actor.assignment
         if asg is None:

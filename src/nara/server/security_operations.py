@@ -238,6 +238,20 @@ def _basis_ok(tx: Tx, patient: str, basis: Any) -> str:
     return "emergency"
 
 
+def _reachable_custodian(tx: Tx, actor: Actor) -> Callable[[str], bool]:
+    """Which custodians' blocks this staff member may break at all: a break only lifts a block, so it is for
+    data the assignment could otherwise read (other units of the provider with a right of scope VG or SJF,
+    other providers with SJF). Without either right there is nothing to break, and step 1 would only tell
+    where blocked data is (R-BLK-2, R-ACC-3)."""
+    a = actor.assignment
+    assert a is not None
+    sjf = a.has_right("Läsa", "SJF")
+    if not (sjf or a.has_right("Läsa", "VG")):
+        raise FhirError(403, "forbidden", "The assignment reads only its own unit's data: there is no block to break")
+    policy = _policy(tx)
+    return lambda custodian: sjf or policy.of_my_provider(tx, custodian)
+
+
 @operation("break-block")
 def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
     if req.method != "POST":
@@ -251,6 +265,7 @@ def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
     if not isinstance(reason, str) or len(reason.strip()) < 3:
         raise FhirError(400, "required", "Breaking a block needs a reason (parameter 'reason')")
     step = params.get("step")
+    reachable = _reachable_custodian(tx, actor)
     if step == "where":
         custodians = [
             r[0]
@@ -263,7 +278,7 @@ def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
                     pdl_rule.c.org.not_in([actor.assignment.unit, actor.assignment.provider]),
                 )
             )
-            if r[0]
+            if r[0] and reachable(r[0])
         ]
         _audit(tx, "block-break-where", patient, {"block-break", basis}, reason.strip(), None)
         return Outcome(
@@ -286,6 +301,8 @@ def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
     )
     if not cust_id:
         raise FhirError(400, "required", "Step 2 needs the custodian (an Organization reference from step 1)")
+    if not reachable(cust_id):
+        raise FhirError(403, "forbidden", "The assignment cannot read that custodian's data, blocked or not")
     start = _now()
     end = start + timedelta(hours=BREAK_HOURS)
     consent = {
