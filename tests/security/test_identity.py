@@ -181,6 +181,24 @@ def test_include_revinclude_chain_and_has_cannot_reach_hidden_data(region: Regio
     assert HSV  # the municipality's unit owns the hidden observation
 
 
+def test_a_hidden_list_tells_nothing_about_its_members(region: Region) -> None:
+    """``_list`` reads the List under the policy too: a List the user may not read selects nothing."""
+    anna = region.patients["anna"]
+    watch = {
+        "resourceType": "List",
+        "status": "current",
+        "mode": "working",
+        "subject": {"reference": f"Patient/{anna}"},
+        "entry": [{"item": {"reference": f"Organization/{VC}"}}],
+    }
+    lst = region.post(watch, region.staff["vc"].token())
+    with region.as_(region.staff["tom"].token()) as c:  # no care relationship with Anna: the List is hidden
+        assert c.get(f"List/{lst['id']}").status_code == 403
+        assert ids(c.get(f"Organization?_list={lst['id']}").json()) == set()
+    with region.as_(region.staff["vc"].token()) as c:
+        assert ids(c.get(f"Organization?_list={lst['id']}").json()) == {VC}
+
+
 def test_totals_count_only_what_the_actor_may_see(region: Region) -> None:
     anna = region.patients["anna"]
     region.post(observation(anna, "59408-5", 93.0), region.staff["hsv"].token())

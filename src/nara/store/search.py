@@ -550,8 +550,12 @@ class SqlCompiler:
         return _any(conds)
 
     def _list(self, c: Criterion, rtype: str | None, a: Alias) -> ColumnElement[bool]:
-        lists = select(resource.c.rid).where(
-            resource.c.res_type == "List", resource.c.res_id.in_([unescape(v) for v in c.values])
+        b = self.alias()  # the Lists themselves are read under the row filter, like a chain's targets
+        lists = select(b.c.rid).where(
+            b.c.res_type == "List",
+            b.c.res_id.in_([unescape(v) for v in c.values]),
+            b.c.deleted == false(),
+            *self.visible(b, "List"),
         )
         items = select(sp_reference.c.target_id).where(
             sp_reference.c.res_type == "List", sp_reference.c.param == "item", sp_reference.c.rid.in_(lists)
