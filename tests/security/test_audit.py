@@ -458,6 +458,9 @@ def test_r_log_3_patient_gets_log_extract_with_unit_time_and_name(region: Region
     guardian = token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])
     with region.as_(guardian) as c:
         assert c.get(f"Patient/{region.patients['child']}/$log-extract").status_code == 200
+    # Asking for the extract is itself logged, as the patient's or the guardian's own access.
+    asked = events(store, action="log-extract")
+    assert [[a.access_type for a in accesses(store, e.seq)] for e in asked] == [["citizen"], ["proxy"]]
 
 
 def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Region, store: Store) -> None:

@@ -142,7 +142,11 @@ def _audit(
                 patient,
                 None,
                 None,
-                "emergency" if "emergency" in flags else "block-break" if "block-break" in flags else "own-unit",
+                "emergency"
+                if "emergency" in flags
+                else "block-break"
+                if "block-break" in flags
+                else policy.access_type(None, None),  # e.g. citizen, proxy: who asked for the log extract
             )
         ],
     )
