@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Column, delete, func, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 
-from nara.security.schema import audit_event, audit_review
+from nara.security.schema import audit_access, audit_event, audit_review
 from nara.store.database import create_engine, drop_database
 from nara.store.migrate import alembic_config, current_revision
 from nara.store.store import Store
@@ -327,6 +327,41 @@ def test_export_writes_ndjson_per_type_of_current_resources(backend: Backend, st
     assert r2.returncode == 0
     assert [f.name for f in only.iterdir()] == ["Observation.ndjson"]
     assert "Wrote 3 resources" in r2.stdout
+
+
+def test_r_log_1_export_and_import_by_the_operator_are_logged_against_each_patient(
+    backend: Backend, store: Store, tmp_path: Path
+) -> None:
+    """``nara export`` copies patients' data out and ``nara import`` writes it: each is one record of the
+    operator (the operating-system user), naming every patient, written before the files (export) or with
+    each file's writes (import)."""
+    with store.transaction() as tx:
+        first = tx.create(patient(family="Ett")).stored
+        second = tx.create(patient(family="Två")).stored
+        assert first is not None and second is not None
+        tx.create(bp(first.res_id, 120))
+    out = tmp_path / "out"
+    assert nara("export", "--database-url", backend.url, "--out", str(out), "--type", "Observation").returncode == 0
+    assert nara("export", "--database-url", backend.url, "--out", str(tmp_path / "all")).returncode == 0
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in" / "new.json", {**patient(family="Tre"), "id": "tre"})
+    r = nara("import", "--database-url", backend.url, str(tmp_path / "in"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    with store.engine.connect() as conn:
+        logged = conn.execute(
+            select(audit_event).where(audit_event.c.action.in_(["export", "import"])).order_by(audit_event.c.seq)
+        ).all()
+        whose = {
+            e.seq: sorted(a.patient_id for a in conn.execute(select(audit_access).where(audit_access.c.seq == e.seq)))
+            for e in logged
+        }
+    assert [(e.action, e.request, e.patient_count) for e in logged] == [
+        ("export", "nara export --type Observation", 1),
+        ("export", "nara export", 2),
+        ("import", "nara import new.json", 1),
+    ]
+    assert [whose[e.seq] for e in logged] == [[first.res_id], sorted([first.res_id, second.res_id]), ["tre"]]
+    assert all(e.actor_kind == "system" and (e.user_id or "").startswith("cli:") for e in logged)
 
 
 def test_export_then_import_reproduces_the_resources(backend: Backend, store: Store, tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ def import_(
     """Import FHIR data; a bad file is reported and does not stop the others."""
     from nara.config import Settings
     from nara.importing import Importer, ImportSummary, iter_files
+    from nara.security.audit import operator_actor
     from nara.store.store import Store
 
     settings = _settings(database_url)
@@ -150,7 +151,7 @@ def import_(
         _fail(f"cannot reach the database: {str(e.orig).splitlines()[0] if e.orig else e}")
     files = list(iter_files(paths))
     store = Store.from_url(settings.database_url, settings.store)
-    importer = Importer(store, settings, dedupe=dedupe)
+    importer = Importer(store, settings, dedupe=dedupe, actor=operator_actor("import"))
     summary = ImportSummary()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -183,6 +184,7 @@ def export(
     """Export current resources as NDJSON, one file per type."""
     from nara.config import Settings
     from nara.importing import export_ndjson
+    from nara.security.audit import operator_actor
     from nara.store.store import Store
 
     settings = _settings(database_url)
@@ -192,7 +194,7 @@ def export(
 
     try:
         with console.status("Exporting..."):
-            counts = export_ndjson(store, out, types.split(",") if types else None)
+            counts = export_ndjson(store, out, types.split(",") if types else None, actor=operator_actor("export"))
     except OperationalError as e:
         _fail(f"cannot reach the database: {str(e.orig).splitlines()[0] if e.orig else e}")
     finally:

@@ -17,8 +17,11 @@ from sqlalchemy import false, select
 
 from nara.config import Settings
 from nara.fhir.outcome import FhirError
+from nara.security import audit
+from nara.security.actors import Actor
 from nara.server.batch import TransactionProcessor, process_bundle
 from nara.server.dispatch import Context
+from nara.store.crud import Stored, Tx
 from nara.store.database import json_out
 from nara.store.schema import resource
 from nara.store.store import Store
@@ -84,12 +87,33 @@ def reason(e: FhirError) -> str:
 
 
 class Importer:
-    def __init__(self, store: Store, settings: Settings, dedupe: bool = True) -> None:
+    def __init__(self, store: Store, settings: Settings, dedupe: bool = True, actor: Actor | None = None) -> None:
         self.store = store
         self.ctx = Context(base_url=settings.base_url or "urn:nara:import", settings=settings, prefer_return="minimal")
         self.dedupe = dedupe
+        # With an actor, each file's writes are logged as one record of that actor (R-LOG-1): the patients
+        # whose data the file created or changed, collected by a write hook.
+        self.actor = actor
+        self._touched: set[str] = set()
+        if actor is not None:
+            store.write_hooks.append(self._touch)
+
+    def _touch(self, tx: Tx, method: str, st: Stored) -> None:
+        if st.patient_id:
+            self._touched.add(st.patient_id)
 
     def import_file(self, path: Path, summary: ImportSummary) -> None:
+        self._touched = set()
+        try:
+            self._import_file(path, summary)
+        finally:
+            if self.actor is not None and self._touched:
+                with self.store.transaction() as tx:
+                    audit.record_operator(
+                        tx.conn, self.actor, "import", f"nara import {path.name}"[:2000], self._touched
+                    )
+
+    def _import_file(self, path: Path, summary: ImportSummary) -> None:
         summary.files += 1
         try:
             if path.suffix.lower() == ".ndjson":
@@ -157,10 +181,28 @@ class Importer:
 
 
 def export_ndjson(
-    store: Store, out_dir: Path, types: list[str] | None = None, progress: Callable[[str, int], None] | None = None
+    store: Store,
+    out_dir: Path,
+    types: list[str] | None = None,
+    progress: Callable[[str, int], None] | None = None,
+    actor: Actor | None = None,
 ) -> dict[str, int]:
-    """Write one ``<Type>.ndjson`` file per resource type; returns counts per type."""
+    """Write one ``<Type>.ndjson`` file per resource type; returns counts per type.
+
+    With an actor, the export is logged first (R-LOG-1): one record naming every patient whose data it copies
+    out, committed before any file is written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if actor is not None:
+        with store.transaction() as tx:
+            whose = (
+                select(resource.c.patient_id)
+                .distinct()
+                .where(resource.c.deleted == false(), resource.c.patient_id.is_not(None))
+            )
+            if types:
+                whose = whose.where(resource.c.res_type.in_(types))
+            request = "nara export" + (f" --type {','.join(types)}" if types else "")
+            audit.record_operator(tx.conn, actor, "export", request, (r[0] for r in tx.conn.execute(whose)))
     counts: dict[str, int] = {}
     with store.engine.connect() as conn:
         type_rows = conn.execute(

@@ -9,6 +9,7 @@ inserted or deleted record. Triggers refuse updates and deletes inside the reten
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import random
 from collections import defaultdict
@@ -215,6 +216,35 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
             [{"seq": seq, "recorded_at": at, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in accesses],
         )
     return seq
+
+
+def operator_actor(command: str) -> Actor:
+    """The operator running a ``nara`` command on the database directly (no token, no policy): named in the
+    log by the operating-system user and the command."""
+    user = getpass.getuser()
+    return Actor(kind="system", subject=f"cli:{user}"[:64], name=f"nara {command} ({user})", policy_off=True)
+
+
+def record_operator(
+    conn: Connection, actor: Actor, action: str, request: str, patients: Iterable[str], access_type: str = "system"
+) -> int:
+    """One record of an operator command's access to many patients' data (``nara export``, ``nara import``),
+    in the caller's transaction: one access row per patient, protected identity marked (R-ID-3)."""
+    ids = sorted({p for p in patients if p})
+    protected: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        found = select(pdl_rule.c.patient_id).where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(chunk))
+        protected.update(r[0] for r in conn.execute(found))
+    rec = AuditRecord(
+        action,
+        "permit",
+        actor,
+        request=request,
+        accesses=[Access(p, None, None, access_type, protected=p in protected) for p in ids],
+        lookup_protected=False,  # marked here: the statement's own lookup is for a page of rows, not a region
+    )
+    return record(conn, rec)
 
 
 class RecordingRead:
