@@ -549,7 +549,7 @@ def test_citizen_writes_only_own_self_measurements(region: Region) -> None:
         assert c.post("Condition", content=orjson.dumps(cond), headers=JSON).status_code == 403
 
 
-def test_guardian_sees_child_until_thirteen(region: Region) -> None:
+def test_guardian_sees_child_until_thirteen(region: Region, store: Store) -> None:
     guardian = region.pnr["guardian"]
     region.post(observation(region.patients["child"], "29463-7", 30.0), region.staff["vc"].token())
     with client(region, token(guardian, "proxy", patient=region.pnr["child"])) as c:
@@ -558,6 +558,12 @@ def test_guardian_sees_child_until_thirteen(region: Region) -> None:
     with client(region, token(guardian, "proxy", patient=region.pnr["teen"])) as c:
         r = c.get(f"Observation?patient={region.patients['teen']}")
         assert r.status_code == 403 and "13" in r.text
+    # Refused while the token's claims were resolved, yet logged like any denial, with the patient asked for.
+    denied = audit_rows(store, user_id=guardian, outcome="deny")
+    assert [(d.actor_kind, d.action) for d in denied] == [("proxy", "search")]
+    with store.engine.connect() as conn:
+        whose = conn.execute(select(audit_access.c.patient_id).where(audit_access.c.seq == denied[0].seq)).all()
+    assert whose == [(region.patients["teen"],)]
 
 
 def test_representative_authorised_by_adult_acts_for_them(region: Region) -> None:

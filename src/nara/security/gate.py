@@ -84,7 +84,9 @@ class Gate:
         self._sealer = SealerThread(store.engine, settings.seal_interval_seconds)
 
     # ---- identity ------------------------------------------------------------------------------
-    def authenticate(self, authorization: str | None) -> Actor:
+    def authenticate(self, authorization: str | None, req: Any = None) -> Actor:
+        """The actor of a request's bearer token. A valid token whose claims are refused (a guardian of a child
+        past 13, an assignment that is not the user's) is a denial, logged for ``req`` like any other."""
         if not self.settings.enabled:
             return SYSTEM
         if not authorization:
@@ -93,7 +95,12 @@ class Gate:
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Authentication required: use the Bearer scheme")
         claims = self.validator.validate(token.strip())
-        return self.resolver.resolve(claims)
+        try:
+            return self.resolver.resolve(claims)
+        except FhirError as exc:
+            if exc.status == 403 and req is not None:
+                self.audit_refused_request(_claimed_actor(claims), req, exc)
+            raise
 
     def policy(self, actor: Actor, rules_available: bool = True) -> Policy:
         return Policy(actor, audit.now_utc(), rules_available)
@@ -384,6 +391,18 @@ _BLOCKED_ROWS: Alias = resource.alias("blk")  # type: ignore[assignment]
 
 
 # ---- per-request wiring ---------------------------------------------------------------------------
+def _claimed_actor(claims: dict[str, Any]) -> Actor:
+    """Who a verified token says the user is, for the log of a refusal before the actor could be resolved."""
+    kind = str(claims.get("nara_kind") or claims.get("actor_kind") or "staff")[:12]
+    client = claims.get("client_id") or claims.get("azp")
+    return Actor(
+        kind=kind,
+        subject=str(claims.get("sub", ""))[:64],
+        client_id=str(client)[:64] if client else None,
+        assignment=None,
+    )
+
+
 def _searched_patients(req: Any, rtype: str | None) -> list[str]:
     """The patients a search names: by ``patient`` or ``subject`` (or ``_id`` of a Patient search)."""
     names = ("patient", "subject", "_id") if rtype == "Patient" else ("patient", "subject")

@@ -112,7 +112,7 @@ def _authenticate_and_execute(
     store: Store, gate: Gate, authorization: str | None, ctx: Context, req: FhirRequest
 ) -> Outcome:
     """Identity, then the request, in one hand-off to the thread pool (each hand-off costs the event loop)."""
-    return _execute(store, gate, gate.authenticate(authorization), ctx, req)
+    return _execute(store, gate, gate.authenticate(authorization, req), ctx, req)
 
 
 def _execute(store: Store, gate: Gate, actor: Actor, ctx: Context, req: FhirRequest) -> Outcome:
