@@ -585,6 +585,29 @@ def test_r_log_4_an_audit_event_names_every_patient_its_interaction_touched(regi
     assert any(e["resource"]["id"] == str(ev.seq) and len(e["resource"]["entity"]) == 2 for e in listed["entry"])
 
 
+def test_r_log_4_a_search_about_a_patient_outside_care_is_logged_and_flagged_for_review(
+    region: Region, store: Store
+) -> None:
+    """A search about a patient the user has no care relationship with shows nothing, yet it is an attempt
+    the log review must see: the record names the patient (access type denied) and carries the flag."""
+    anna = region.patients["anna"]
+    tom, vc = region.staff["tom"], region.staff["vc"]
+    with region.as_(tom.token()) as c:
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 0
+    with region.as_(vc.token()) as c:  # in care: no flag
+        assert c.get(f"Observation?patient={anna}").json()["total"] > 0
+    tried = events(store, user_id=tom.hsa, action="search")[-1]
+    assert tried.outcome == "permit" and "outside-care-relationship" in (tried.flags or "")
+    assert [(a.patient_id, a.access_type) for a in accesses(store, tried.seq)] == [(anna, "denied")]
+    cared = events(store, user_id=vc.hsa, action="search")[-1]
+    assert "outside-care-relationship" not in (cared.flags or "")
+    with store.transaction() as tx:
+        start, end = audit.default_period(1)
+        items = audit.review_candidates(tx.conn, start, end, {}, {}, sample_rate=0.0, seed=1)
+    flagged = {i.seq for i in items if "outside-care-relationship" in i.criteria}
+    assert tried.seq in flagged and cared.seq not in flagged
+
+
 def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
     with store.transaction() as tx:
         start, end = audit.default_period(1)

@@ -809,7 +809,7 @@ def review_candidates(
             and (r.user_id, r.patient_id, r.recorded_at.date()) not in documented
         ):
             crit.append("no-documentation")
-        if r.outcome == "deny":
+        if r.outcome == "deny" or "outside-care-relationship" in flags:
             crit.append("outside-care-relationship")
         if len(per_day.get((r.user_id, r.recorded_at.date()), ())) > many_patients_threshold:
             crit.append("many-patients")

@@ -149,9 +149,11 @@ class Gate:
         reason: str | None = None,
         assertion_id: str | None = None,
         counted: Iterable[str] = (),
+        refused: Iterable[str] = (),
     ) -> None:
-        """One record of a read-like interaction: the patients of ``rows`` by owner and access type, and the
-        ``counted`` patients, whose data a search counted without returning it (``_summary=count``)."""
+        """One record of a read-like interaction: the patients of ``rows`` by owner and access type, the
+        ``counted`` patients, whose data a search counted without returning it (``_summary=count``), and the
+        ``refused`` ones, asked about without a care relationship (access type denied)."""
         policy: Policy = tx.policy
         rec = audit.AuditRecord(
             action=action,
@@ -163,7 +165,11 @@ class Gate:
             reason=reason,
             assertion_id=assertion_id,
             flags=set(flags or ()),
-            accesses=[*self.accesses(tx, policy, rows), *(audit.Access(p, None, None, "count") for p in counted)],
+            accesses=[
+                *self.accesses(tx, policy, rows),
+                *(audit.Access(p, None, None, "count") for p in counted),
+                *(audit.Access(p, None, None, "denied") for p in refused),
+            ],
             lookup_protected=policy.rules_available,
         )
         if tx.autocommit and tx.pg and rec.lookup_protected:
@@ -310,9 +316,23 @@ class Gate:
         counted: list[str] = []
         if action == "search" and not rows and isinstance(out.body, dict) and (out.body.get("total") or 0) > 0:
             counted = _searched_patients(req, rtype)  # a count about a patient tells about the patient's data
-        self.audit_interaction(tx, action, request, rows, rtype, rid, flags, counted=counted)
+        outside = self._outside_care(tx, req, rtype) if action == "search" else []
+        if outside:
+            flags.add("outside-care-relationship")  # asked about patients I have no care relationship with
+        self.audit_interaction(tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside)
         if action == "search" and rtype is not None and isinstance(out.body, dict):
             self.signal_blocked(tx, req, out.body)
+
+    def _outside_care(self, tx: Tx, req: Any, rtype: str | None) -> list[str]:
+        """The patients a staff member's patient-scoped search asked about without a care relationship or an
+        emergency assertion at their unit (from the rules the search read; R-ACC-1). Their data was not shown;
+        the attempt is logged and flagged for the log review."""
+        policy: Policy = tx.policy
+        actor = policy.actor
+        if actor.kind != "staff" or actor.policy_off or not policy.rules_available:
+            return []
+        # Judged only where the search read the patient's rules (a pinned search in care); None: not read.
+        return [p for p in _searched_patients(req, rtype) if policy.relation_read(p) is False]
 
     def signal_blocked(self, tx: Tx, req: Any, bundle: dict[str, Any]) -> None:
         """Tell the user that blocked information exists, without saying where (R-BLK-2)."""

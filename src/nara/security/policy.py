@@ -331,6 +331,18 @@ class Policy:
         self.patient_facts[patient] = list(rows)
         return self.patient_facts[patient]
 
+    def _relation_in(self, rows: list[Any]) -> bool:
+        """Whether the patient's rules give me a relation: a current care relationship at my unit, or an
+        emergency assertion of mine in force (R-ACC-1, R-ACC-6)."""
+        return any(r.kind == "care" and self._current(r) for r in rows) or any(
+            r.kind == "emergency" and self._mine(r) for r in rows
+        )
+
+    def relation_read(self, patient: str) -> bool | None:
+        """Whether I have a relation with ``patient``, from the rules this request already read (None: not read)."""
+        rows = self.patient_facts.get(patient)
+        return None if rows is None else self._relation_in(rows)
+
     def _current(self, r: Any) -> bool:
         return (r.starts is None or r.starts <= self.now) and (r.ends is None or r.ends >= self.now)
 
@@ -374,10 +386,9 @@ class Policy:
         consents = _may_be_consent(rtype) and not suppressed
         rows = self.patient_rules(tx, patient)
         me = actor.practitioner or ""
-        care = any(r.kind == "care" and self._current(r) for r in rows)
         emergency = any(r.kind == "emergency" and self._mine(r) for r in rows)
         consent = any(r.kind == "consent" and self._mine(r) for r in rows)
-        relation = care or emergency
+        relation = self._relation_in(rows)
         svod = bool(self.shape[5] and (consent or emergency))  # other providers' data (R-ACC-3)
         broken = {r.org for r in rows if r.kind == "break" and r.employee == me and self._current(r)}
         blocks = (
