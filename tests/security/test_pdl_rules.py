@@ -394,6 +394,17 @@ def test_r_blk_2_two_step_break_reveals_where_then_content_each_logged(region: R
     assert vc_obs not in visible(region, region.staff["hsvve"].token())  # only the breaking user
     actions = [r.action for r in audit_rows(store, user_id=doctor.hsa)]
     assert "block-break-where" in actions and "block-break-content" in actions
+    # What the break lets her read is logged as reached by a block break (R-LOG-1), by id and by search; the
+    # municipality's own data stays own-unit.
+    with client(region, doctor.token()) as c:
+        assert c.get(f"Observation/{vc_obs}").status_code == 200
+    assert read_access(store, doctor.hsa, vc_obs)[0] == "block-break"
+    search = audit_rows(store, user_id=doctor.hsa, action="search")[-1]
+    with store.engine.connect() as conn:
+        types = conn.execute(
+            select(audit_access.c.owner_unit, audit_access.c.access_type).where(audit_access.c.seq == search.seq)
+        ).all()
+    assert dict(types)[VC] == "block-break" and dict(types)[HSV] == "own-unit"
 
 
 def test_r_blk_2_break_needs_emergency_or_consent(region: Region) -> None:

@@ -115,9 +115,17 @@ class Gate:
         # Whether access was by consent or emergency matters only for other providers' rows.
         other_providers = {pid for pid, org, _unit in by_key if a is not None and org is not None and org != a.provider}
         emergency = self._emergency_only(tx, policy, other_providers)
+        others = {pid for pid, _org, unit in by_key if a is not None and unit is not None and unit != a.unit}
+        broken = policy.broken_owners(tx, others)
         # Protected identity is marked by the audit insert itself (audit.record).
         return [
-            audit.Access(pid, org, unit, policy.access_type(org, unit, pid in emergency)) for (pid, org, unit) in by_key
+            audit.Access(
+                pid,
+                org,
+                unit,
+                policy.access_type(org, unit, pid in emergency, (pid, org) in broken or (pid, unit) in broken),
+            )
+            for (pid, org, unit) in by_key
         ]
 
     def _emergency_only(self, tx: Tx, policy: Policy, patient_ids: set[str]) -> set[str]:

@@ -576,8 +576,11 @@ class Policy:
             not_(broken),
         )
 
-    def access_type(self, owner_org: str | None, owner_unit: str | None, emergency: bool = False) -> str:
-        """How a returned row was reached, for the log (R-LOG-1)."""
+    def access_type(
+        self, owner_org: str | None, owner_unit: str | None, emergency: bool = False, broken: bool = False
+    ) -> str:
+        """How a returned row was reached, for the log (R-LOG-1). ``broken``: the row's owner is blocked for
+        the patient and I broke that block (step 2)."""
         actor = self.actor
         if actor.kind in ("citizen", "proxy", "system"):
             return actor.kind
@@ -588,9 +591,51 @@ class Policy:
             return "quality"
         if owner_unit is None or owner_unit == a.unit:
             return "own-unit"
+        if broken:
+            return "block-break"
         if owner_org == a.provider:
             return "other-unit"
         return "emergency" if emergency else "svod"
+
+    def _broken_owner(self, row: Any) -> ColumnElement[bool]:
+        """SQL: the row's owner (provider or unit) is blocked for its patient and I broke that block (step 2,
+        in force); as ``Gate.accesses`` tells it for ``access_type(..., broken=True)``."""
+        b = pdl_rule.alias("bo")
+        k = pdl_rule.alias("bk")
+        return exists().where(
+            b.c.patient_id == row.patient_id,
+            b.c.kind == "block",
+            or_(b.c.org == row.owner_org, b.c.org == row.owner_unit),
+            exists().where(
+                k.c.patient_id == b.c.patient_id,
+                k.c.kind == "break",
+                k.c.org == b.c.org,
+                k.c.employee == _late("practitioner"),
+                _active(k, _late("now", DateTime())),
+            ),
+        )
+
+    def broken_owners(self, tx: Tx, patient_ids: set[str]) -> set[tuple[str, str]]:
+        """(patient, custodian) pairs among ``patient_ids`` whose block I broke (step 2, in force)."""
+        if self.actor.kind != "staff" or not patient_ids or not self.rules_available:
+            return set()
+        me = self.actor.practitioner or ""
+        rows = tx.conn.execute(
+            select(
+                pdl_rule.c.patient_id,
+                pdl_rule.c.kind,
+                pdl_rule.c.org,
+                pdl_rule.c.employee,
+                pdl_rule.c.starts,
+                pdl_rule.c.ends,
+            ).where(pdl_rule.c.patient_id.in_(sorted(patient_ids)), pdl_rule.c.kind.in_(["block", "break"]))
+        ).all()
+        blocked = {(r.patient_id, r.org) for r in rows if r.kind == "block" and r.org}
+        return {
+            (r.patient_id, r.org)
+            for r in rows
+            if r.kind == "break" and r.employee == me and self._current(r) and (r.patient_id, r.org) in blocked
+        }
 
     def mine_in_force(self, p: Any = pdl_rule) -> ColumnElement[bool]:
         """Rows of ``pdl_rule`` (or an alias of it) made for me (my unit, me or everyone there) and in force
@@ -610,10 +655,10 @@ class Policy:
         a = actor.assignment
         if actor.kind != "staff" or a is None or a.purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
             return literal(self.access_type(None, None), String())  # the same for every row
-        branches: list[tuple[ColumnElement[bool], str]] = [
-            (_own_unit(row), "own-unit"),
-            (row.owner_org == _late("provider"), "other-unit"),
-        ]
+        branches: list[tuple[ColumnElement[bool], str]] = [(_own_unit(row), "own-unit")]
+        if self.rules_available:
+            branches.append((self._broken_owner(row), "block-break"))
+        branches.append((row.owner_org == _late("provider"), "other-unit"))
         if self.rules_available:
             emergency = self._assertion(row.patient_id, "emergency")
             branches.append((and_(emergency, not_(self._assertion(row.patient_id, "consent"))), "emergency"))
