@@ -616,25 +616,26 @@ class Policy:
         )
 
     def broken_owners(self, tx: Tx, patient_ids: set[str]) -> set[tuple[str, str]]:
-        """(patient, custodian) pairs among ``patient_ids`` whose block I broke (step 2, in force)."""
+        """(patient, custodian) pairs among ``patient_ids`` whose block I broke (step 2, in force). From the rules
+        a patient-scoped search already read when it has them (no query), else read for the rest at once."""
         if self.actor.kind != "staff" or not patient_ids or not self.rules_available:
             return set()
+        rows = [(p, r) for p in patient_ids for r in self.patient_facts.get(p, ()) if r.kind in ("block", "break")]
+        unread = sorted(p for p in patient_ids if p not in self.patient_facts)
+        if unread:
+            found = tx.conn.execute(
+                select(
+                    pdl_rule.c.patient_id, pdl_rule.c.kind, pdl_rule.c.org, pdl_rule.c.employee, pdl_rule.c.starts,
+                    pdl_rule.c.ends,
+                ).where(pdl_rule.c.patient_id.in_(unread), pdl_rule.c.kind.in_(["block", "break"]))
+            )  # fmt: skip
+            rows += [(r.patient_id, r) for r in found]
         me = self.actor.practitioner or ""
-        rows = tx.conn.execute(
-            select(
-                pdl_rule.c.patient_id,
-                pdl_rule.c.kind,
-                pdl_rule.c.org,
-                pdl_rule.c.employee,
-                pdl_rule.c.starts,
-                pdl_rule.c.ends,
-            ).where(pdl_rule.c.patient_id.in_(sorted(patient_ids)), pdl_rule.c.kind.in_(["block", "break"]))
-        ).all()
-        blocked = {(r.patient_id, r.org) for r in rows if r.kind == "block" and r.org}
+        blocked = {(p, r.org) for p, r in rows if r.kind == "block" and r.org}
         return {
-            (r.patient_id, r.org)
-            for r in rows
-            if r.kind == "break" and r.employee == me and self._current(r) and (r.patient_id, r.org) in blocked
+            (p, r.org)
+            for p, r in rows
+            if r.kind == "break" and r.employee == me and self._current(r) and (p, r.org) in blocked
         }
 
     def mine_in_force(self, p: Any = pdl_rule) -> ColumnElement[bool]:
