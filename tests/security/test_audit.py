@@ -608,6 +608,23 @@ def test_r_log_4_a_search_about_a_patient_outside_care_is_logged_and_flagged_for
     assert tried.seq in flagged and cared.seq not in flagged
 
 
+def test_r_log_4_an_auditor_reading_a_patients_log_is_in_that_patients_extract(region: Region, store: Store) -> None:
+    """Reading the log about a patient is an access to her data too: it names her, with access type log-review."""
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Observation?patient={anna}").status_code == 200
+    auditor = region.staff["audit"]
+    with region.as_(auditor.token()) as c:
+        assert c.get(f"AuditEvent?patient={anna}").json()["total"] > 0
+    read = events(store, user_id=auditor.hsa, action="search")[-1]
+    assert [(a.patient_id, a.access_type) for a in accesses(store, read.seq)] == [(anna, "log-review")]
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        extract = c.get(f"Patient/{anna}/$log-extract").json()
+    assert any(
+        x.get("valueCode") == "log-review" for e in extract["entry"] for x in e["resource"].get("extension", [])
+    ), "the patient sees that an auditor read her log"
+
+
 def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
     with store.transaction() as tx:
         start, end = audit.default_period(1)

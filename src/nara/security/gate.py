@@ -163,6 +163,8 @@ class Gate:
         ``counted`` patients, whose data a search counted without returning it (``_summary=count``), and the
         ``refused`` ones, asked about without a care relationship (access type denied)."""
         policy: Policy = tx.policy
+        # A count of the patient's data; for the log itself (AuditEvent?patient=), an auditor's review of it.
+        counted_as = "log-review" if resource_type == "AuditEvent" else "count"
         rec = audit.AuditRecord(
             action=action,
             outcome="permit",
@@ -175,7 +177,7 @@ class Gate:
             flags=set(flags or ()),
             accesses=[
                 *self.accesses(tx, policy, rows),
-                *(audit.Access(p, None, None, "count") for p in counted),
+                *(audit.Access(p, None, None, counted_as) for p in counted),
                 *(audit.Access(p, None, None, "denied") for p in refused),
             ],
             lookup_protected=policy.rules_available,

@@ -100,7 +100,8 @@ audit_access = Table(
     Column("patient_id", ID, nullable=False),
     Column("owner_org", ID),
     Column("owner_unit", ID),
-    # own-unit | other-unit | svod | emergency | block-break | citizen | proxy | system | quality | count | denied
+    # own-unit | other-unit | svod | emergency | block-break | citizen | proxy | system | quality | count | log-review
+    # | denied
     Column("access_type", String(16), nullable=False),
     Column("protected", Boolean, nullable=False, default=False),
     Column("action", String(32)),  # when it differs from the event's (a transaction's creates and updates)
