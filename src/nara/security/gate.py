@@ -239,9 +239,7 @@ class Gate:
     def audit_refused_request(self, actor: Actor, req: Any, error: FhirError) -> None:
         """The denial record of a refused request, naming the patient whose data it tried to reach, where the
         request says it: the patient of the resource read or written, or the patient searched for."""
-        parts = [p for p in req.path.strip("/").split("/") if p]
-        rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
-        rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
+        rtype, rid = _target(req.path)
         patient: str | None = None
         if rtype == "Patient" and rid:
             patient = rid
@@ -452,11 +450,17 @@ def _search_parameters(req: Any) -> list[tuple[str, str]]:
     return [*req.query, *form]
 
 
-def _read_interaction(tx: Tx, req: Any) -> tuple[str, str | None, str | None, set[str]]:
-    """The log fields of a read-like request: request line, resource type and id, flags."""
-    parts = [p for p in req.path.strip("/").split("/") if p]
+def _target(path: str) -> tuple[str | None, str | None]:
+    """The resource type and id a request's path names (None where it names an operation or history)."""
+    parts = [p for p in path.strip("/").split("/") if p]
     rtype = parts[0] if parts and not parts[0].startswith(("$", "_")) else None
     rid = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else None
+    return rtype, rid
+
+
+def _read_interaction(tx: Tx, req: Any) -> tuple[str, str | None, str | None, set[str]]:
+    """The log fields of a read-like request: request line, resource type and id, flags."""
+    rtype, rid = _target(req.path)
     query = "&".join(f"{k}={v}" for k, v in _search_parameters(req))
     request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
     flags = {"active-choice"} if tx.policy.actor.other_units_chosen else set()
