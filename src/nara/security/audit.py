@@ -182,6 +182,17 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
     return params, accesses
 
 
+def _protected_among(conn: Connection, patient_ids: Iterable[str]) -> set[str]:
+    """The patients among ``patient_ids`` with protected identity (R-ID-3), looked up 5,000 at a time."""
+    ids = sorted(set(patient_ids))
+    protected: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        found = select(pdl_rule.c.patient_id).where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(chunk))
+        protected.update(r[0] for r in conn.execute(found))
+    return protected
+
+
 def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
     """Insert one audit record (event + accesses) in the caller's transaction; returns its seq."""
     at = at or now_utc()
@@ -189,14 +200,7 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
     dialect = conn.dialect.name
     if dialect != "postgresql" and accesses and rec.lookup_protected:
         # SQLite: mark protected identity (R-ID-3) here; on PostgreSQL the insert statement does it.
-        protected = {
-            r[0]
-            for r in conn.execute(
-                select(pdl_rule.c.patient_id).where(
-                    pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(sorted({x.patient_id for x in accesses}))
-                )
-            )
-        }
+        protected = _protected_among(conn, {x.patient_id for x in accesses})
         if protected:
             accesses = [replace(x, protected=x.protected or x.patient_id in protected) for x in accesses]
             if "protected-identity" not in (params["flags"] or ""):
@@ -231,11 +235,7 @@ def record_operator(
     """One record of an operator command's access to many patients' data (``nara export``, ``nara import``),
     in the caller's transaction: one access row per patient, protected identity marked (R-ID-3)."""
     ids = sorted({p for p in patients if p})
-    protected: set[str] = set()
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start : start + 5000]
-        found = select(pdl_rule.c.patient_id).where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(chunk))
-        protected.update(r[0] for r in conn.execute(found))
+    protected = _protected_among(conn, ids)
     rec = AuditRecord(
         action,
         "permit",
