@@ -555,7 +555,8 @@ def compartment_patient(resource: dict[str, Any], rows: IndexRows) -> str | None
     if rtype in ("Binary", "Bundle"):
         # Outside the Patient compartment by definition, yet they carry a patient's data: a Binary by its
         # securityContext, a document by its Composition's subject.
-        return _patient_reference(_carrier_subject(resource))
+        target = _relative_reference(_carrier_subject(resource))
+        return target[1] if target is not None and target[0] == "Patient" else None
     params = patient_compartment_params(rtype)
     if not params:
         return None
@@ -582,19 +583,17 @@ def _carrier_subject(resource: dict[str, Any]) -> Any:
 def carrier_reference(resource: dict[str, Any]) -> tuple[str, str] | None:
     """The (type, id) a Binary or document Bundle says its data belongs to, when that is not a Patient."""
     ref = _carrier_subject(resource) if resource.get("resourceType") in ("Binary", "Bundle") else None
+    target = _relative_reference(ref)
+    return target if target is not None and target[0] != "Patient" else None
+
+
+def _relative_reference(ref: Any) -> tuple[str, str] | None:
+    """The (type, id) of a relative Reference ``Type/id``, or None."""
     value = ref.get("reference") if isinstance(ref, dict) else None
     if not isinstance(value, str) or value.count("/") != 1:
         return None
     rtype, rid = value.split("/")
-    return (rtype, rid) if rtype != "Patient" and rtype[:1].isupper() and rid else None
-
-
-def _patient_reference(ref: Any) -> str | None:
-    """The id in a relative reference to a Patient (``Patient/x``), or None."""
-    value = ref.get("reference") if isinstance(ref, dict) else None
-    if isinstance(value, str) and value.startswith("Patient/") and value.count("/") == 1:
-        return value.split("/")[1] or None
-    return None
+    return (rtype, rid) if rtype[:1].isupper() and rid else None
 
 
 _RESOLVE_IS = re.compile(r"resolve\(\) is ([A-Za-z]+)")
