@@ -22,7 +22,7 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import ADDRESS_ELEMENTS, is_protected
+from nara.security.rules import without_protected_address
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -58,10 +58,8 @@ def redact(st: Stored) -> Stored:
     if "sekretessmarkering" not in st.content and "skyddadFolkbokforing" not in st.content:
         return st
     res = st.resource()
-    if not is_protected(res) or not any(k in res for k in ADDRESS_ELEMENTS):
-        return st
-    clean = {k: v for k, v in res.items() if k not in ADDRESS_ELEMENTS}
-    return replace(st, content=orjson.dumps(clean).decode(), _parsed=clean)
+    clean = without_protected_address(res)
+    return st if clean is res else replace(st, content=orjson.dumps(clean).decode(), _parsed=clean)
 
 
 class Gate:

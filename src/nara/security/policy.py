@@ -66,6 +66,7 @@ from nara.security.rules import (
     consent_kind,
     is_protected,
     ref_id,
+    without_protected_address,
 )
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
@@ -757,9 +758,7 @@ class Policy:
     def shown_for_writing(self, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
         """The current version as this writer may see it while changing it (a JSON Patch applies to it): without
         a protected patient's address, so that no patch can test, copy or move it into sight."""
-        if not self._keeps_address_hidden(rtype, current):
-            return current
-        return {k: v for k, v in current.items() if k not in ADDRESS_ELEMENTS}
+        return without_protected_address(current) if self._keeps_address_hidden(rtype, current) else current
 
     def keep_protected_address(self, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         """The body to store when this writer replaces ``current``: a protected patient's address stays as stored

@@ -104,9 +104,11 @@ def is_protected(res: dict[str, Any]) -> bool:
     )
 
 
-def searchable(res: dict[str, Any]) -> dict[str, Any]:
-    """The resource as the search index sees it: a protected patient's address is left out (R-ID-3), else a
-    search by address would be an oracle on it."""
+def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` without its address if it is a Patient with protected identity (R-ID-3), else ``res`` itself.
+
+    What the API returns (``gate.redact``), what a JSON Patch applies to (``Policy.shown_for_writing``) and what
+    the search index sees (registered below as an index view, else a search by address would be an oracle)."""
     if res.get("resourceType") == "Patient" and any(k in res for k in ADDRESS_ELEMENTS) and is_protected(res):
         return {k: v for k, v in res.items() if k not in ADDRESS_ELEMENTS}
     return res
@@ -265,4 +267,4 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
 
 
 register_write_hook(on_write)
-register_index_view(searchable)
+register_index_view(without_protected_address)
