@@ -282,8 +282,9 @@ class Policy:
         return self._filter(a, False, _may_be_consent(rtype))
 
     def suppressed_filter(self, a: Alias, rtype: str | None = None) -> ColumnElement[bool] | None:
-        """Rows the actor could read but for a block: used only to signal that blocked data exists."""
-        return self._filter(a, True, _may_be_consent(rtype))
+        """Rows the actor could read but for a block: used only to signal that blocked data exists (the Consent
+        part of the row filter does not apply to it, so one filter serves every type)."""
+        return self._filter(a, True, False)
 
     def _filter(self, a: Alias, blocked_rows: bool, consents: bool) -> ColumnElement[bool] | None:
         return _FILTERS.get(
@@ -292,7 +293,7 @@ class Policy:
 
     def _build_filter(self, a: Alias, blocked_rows: bool, consents: bool) -> ColumnElement[bool] | None:
         cond = self._pdl_filter(a, blocked_rows)
-        if consents and not blocked_rows and cond is not None:
+        if consents and cond is not None:
             cond = self._without_others_blocks(a, cond)
         cond = self._with_scope_types(a, cond)
         return ShapedCondition(cond, (self.shape, blocked_rows, consents), a) if cond is not None else None
