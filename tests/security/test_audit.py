@@ -24,7 +24,7 @@ from nara.security.schema import audit_access, audit_event, audit_review, drop_g
 from nara.server.app import create_app
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
-from tests.security.region import AVD, JSON, VC, Region, actor, build_region, consent, observation
+from tests.security.region import AVD, HSV, JSON, VC, Region, actor, build_region, consent, observation
 
 
 @pytest.fixture
@@ -326,6 +326,29 @@ def test_r_log_2_the_chain_covers_the_accesses_of_records_far_apart_in_number(re
     _unguarded(store, f"UPDATE audit_access SET access_type = 'emergency' WHERE seq = {far}")
     report = audit.verify(store.engine)
     assert not report.ok and report.first_bad_seq == far and "altered" in (report.problem or "")
+
+
+def test_r_log_2_the_chain_covers_the_consent_an_access_names(region: Region, store: Store) -> None:
+    """The Consent an access was reached through is part of the sealed record: naming another one, or none, after
+    sealing is an alteration."""
+    anna = region.patients["anna"]
+    given = region.post(
+        consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]})
+    )
+    nurse = region.staff["hsv"]  # the observation is the health centre's: another provider's data for her
+    obs = region.post(observation(anna, "8867-4", 66), region.staff["vc"].token())["id"]
+    with region.as_(nurse.token()) as c:
+        assert c.get(f"Observation/{obs}").status_code == 200
+    read = events(store, user_id=nurse.hsa, action="read")[-1]
+    assert [(a.access_type, a.assertion_id) for a in accesses(store, read.seq)] == [("svod", given["id"])]
+    audit.seal_all(store.engine)
+    assert audit.verify(store.engine).ok
+    for forged in ("'some-other-consent'", "NULL"):
+        _unguarded(store, f"UPDATE audit_access SET assertion_id = {forged} WHERE seq = {read.seq}")
+        report = audit.verify(store.engine)
+        assert not report.ok and report.first_bad_seq == read.seq and "altered" in (report.problem or "")
+    _unguarded(store, f"UPDATE audit_access SET assertion_id = '{given['id']}' WHERE seq = {read.seq}")
+    assert audit.verify(store.engine).ok
 
 
 def test_r_log_2_the_chain_covers_the_time_the_log_extract_shows_for_an_access(region: Region, store: Store) -> None:

@@ -253,6 +253,95 @@ def test_r_acc_6_emergency_access_needs_reason_and_attestation_and_is_flagged(re
     assert audit_rows(store, action="emergency-access")[0].reason.startswith("Medvetslös")
 
 
+def logged_assertions(store: Store, user: str, action: str) -> tuple[str | None, dict[str | None, tuple[str, Any]]]:
+    """The assertion of the user's latest ``action`` record, and its accesses by owning unit: (type, assertion)."""
+    last = audit_rows(store, user_id=user, action=action)[-1]
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(audit_access).where(audit_access.c.seq == last.seq)).all()
+    return last.assertion_id, {r.owner_unit: (r.access_type, r.assertion_id) for r in rows}
+
+
+def test_r_log_1_an_access_through_consent_emergency_or_block_break_names_that_consent(
+    region: Region, store: Store
+) -> None:
+    """R-LOG-1 asks for the consent or emergency assertion id where one was used: each access row names the
+    Consent it was reached through, by id and by search, and the auditor's AuditEvent shows it."""
+    anna = region.patients["anna"]
+    vc_obs, hsv_obs = region.data["vc"], region.data["hsv"]  # type: ignore[attr-defined]
+    nurse = region.staff["hsv"]  # municipal nurse: the region's data is another provider's
+
+    def read_and_search() -> None:
+        with client(region, nurse.token()) as c:
+            assert c.get(f"Observation/{vc_obs}").status_code == 200
+            assert c.get(f"Observation?patient={anna}&_count=100").status_code == 200
+
+    # Emergency access: the assertion the operation made.
+    with client(region, nurse.token()) as c:
+        params = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "reason", "valueString": "Medvetslös, behöver läkemedelslista"},
+                {"name": "consentUnobtainable", "valueBoolean": True},
+            ],
+        }
+        r = c.post(f"Patient/{anna}/$emergency-access", content=orjson.dumps(params), headers=JSON)
+        assert r.status_code == 200, r.text
+    emergency = next(p for p in r.json()["parameter"] if p["name"] == "assertion")["valueReference"]["reference"]
+    emergency_id = emergency.split("/")[1]
+    assert logged_assertions(store, nurse.hsa, "emergency-access")[0] == emergency_id
+    read_and_search()
+    assert logged_assertions(store, nurse.hsa, "read") == (emergency_id, {VC: ("emergency", emergency_id)})
+    event, by_unit = logged_assertions(store, nurse.hsa, "search")
+    assert event == emergency_id
+    assert by_unit == {VC: ("emergency", emergency_id), AVD: ("emergency", emergency_id), HSV: ("own-unit", None)}
+
+    # The patient's consent: it is what gives the access now (SVOD), the emergency assertion notwithstanding.
+    given = region.post(
+        consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]})
+    )
+    read_and_search()
+    assert logged_assertions(store, nurse.hsa, "read") == (given["id"], {VC: ("svod", given["id"])})
+    assert logged_assertions(store, nurse.hsa, "search")[1][VC] == ("svod", given["id"])
+    # Her own unit's data needed no assertion.
+    with client(region, nurse.token()) as c:
+        assert c.get(f"Observation/{hsv_obs}").status_code == 200
+    assert logged_assertions(store, nurse.hsa, "read") == (None, {HSV: ("own-unit", None)})
+
+    # A block on the health centre, broken (both steps) with her consent: the break is named for that unit only.
+    block(region, VC)
+    with client(region, nurse.token()) as c:
+        for step in ("where", "content"):
+            params = {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "step", "valueCode": step},
+                    {"name": "basis", "valueCode": "consent"},
+                    {"name": "reason", "valueString": "Patienten samtycker till att spärren hävs"},
+                    *(
+                        [{"name": "custodian", "valueReference": {"reference": f"Organization/{VC}"}}]
+                        * (step == "content")
+                    ),
+                ],
+            }
+            r = c.post(f"Patient/{anna}/$break-block", content=orjson.dumps(params), headers=JSON)
+            assert r.status_code == 200, r.text
+    broken = next(p for p in r.json()["parameter"] if p["name"] == "assertion")["valueReference"]["reference"]
+    broken_id = broken.split("/")[1]
+    read_and_search()
+    assert logged_assertions(store, nurse.hsa, "read") == (broken_id, {VC: ("block-break", broken_id)})
+    event, by_unit = logged_assertions(store, nurse.hsa, "search")
+    assert by_unit == {VC: ("block-break", broken_id), AVD: ("svod", given["id"]), HSV: ("own-unit", None)}
+    assert event is None  # two assertions: each access names its own
+
+    # The auditor sees the Consents in the AuditEvent of the search.
+    last = audit_rows(store, user_id=nurse.hsa, action="search")[-1]
+    with client(region, region.staff["audit"].token()) as c:
+        shown = c.get(f"AuditEvent/{last.seq}")
+        assert shown.status_code == 200, shown.text
+    consents = [e["what"]["reference"] for e in shown.json()["entity"] if e.get("type", {}).get("code") == "Consent"]
+    assert sorted(consents) == sorted([f"Consent/{broken_id}", f"Consent/{given['id']}"])
+
+
 # ---- R-BLK ---------------------------------------------------------------------------------------
 def block(reg: Region, custodian: str, **provision: Any) -> dict[str, Any]:
     return reg.post(

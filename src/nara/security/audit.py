@@ -55,6 +55,8 @@ class Access:
     access_type: str
     protected: bool = False
     action: str | None = None  # set when it differs from the event's action
+    # The Consent id this access was reached through (consent, emergency assertion or block break; R-LOG-1).
+    assertion_id: str | None = None
 
 
 @dataclass
@@ -97,7 +99,7 @@ _EVENT_COLUMNS = (
     "flags",
     "patient_count",
 )
-_ACCESS_COLUMNS = ("patient_id", "owner_org", "owner_unit", "access_type", "protected", "action")
+_ACCESS_COLUMNS = ("patient_id", "owner_org", "owner_unit", "access_type", "protected", "action", "assertion_id")
 
 
 def _placeholder(dialect: str, name: str) -> str:
@@ -134,7 +136,7 @@ def _record_sql(dialect: str, accesses: int, lookup_protected: bool = True) -> t
             f"WITH ev AS ({event}) INSERT INTO audit_access ({access_cols}) "
             f"SELECT ev.seq, {ph('recorded_at')}, v.patient_id, v.owner_org, v.owner_unit, v.access_type, "
             "v.protected OR EXISTS (SELECT 1 FROM pdl_rule p WHERE p.kind = 'protected' "
-            "AND p.patient_id = v.patient_id), v.action "
+            "AND p.patient_id = v.patient_id), v.action, v.assertion_id "
             f"FROM ev, (VALUES {rows}) AS v({', '.join(_ACCESS_COLUMNS)}) RETURNING seq"
         )
         return both, None
@@ -155,10 +157,13 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
         flags.add("protected-identity")
     if any(x.access_type == "emergency" for x in rec.accesses):
         flags.add("emergency")
-    unique: dict[tuple[str, str | None, str | None, str, str | None], Access] = {}
+    unique: dict[tuple[str, str | None, str | None, str, str | None, str | None], Access] = {}
     for x in rec.accesses:
-        unique.setdefault((x.patient_id, x.owner_org, x.owner_unit, x.access_type, x.action), x)
+        unique.setdefault((x.patient_id, x.owner_org, x.owner_unit, x.access_type, x.action, x.assertion_id), x)
     accesses = list(unique.values())
+    # The record's assertion: the one it was made under (an operation's), else the one every access used.
+    used = {x.assertion_id for x in accesses if x.assertion_id}
+    assertion = rec.assertion_id or (used.pop() if len(used) == 1 else None)
     params: dict[str, Any] = {
         "recorded_at": at,
         "action": rec.action,
@@ -175,7 +180,7 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
         "resource_id": rec.resource_id,
         "request": (rec.request or "")[:2000] or None,
         "reason": rec.reason,
-        "assertion_id": rec.assertion_id,
+        "assertion_id": assertion,
         "flags": ",".join(sorted(flags)) or None,
         "patient_count": len({x.patient_id for x in accesses}),
     }
@@ -269,7 +274,8 @@ class RecordingRead:
     def read(self, conn: Connection, stmt: Select[Any], params: dict[str, Any]) -> Any:
         self.used = True
         hit = _RECORDING_READS.get(
-            (id(stmt), self.policy.shape), lambda: (stmt, read_with_record(stmt, self.policy.access_type_sql))
+            (id(stmt), self.policy.shape),
+            lambda: (stmt, read_with_record(stmt, self.policy.access_type_sql, self.policy.assertion_sql)),
         )
         event, _ = _event_params(self.rec, now_utc())
         row = conn.execute(hit[1], {**params, **{f"ev_{c}": v for c, v in event.items()}}).first()
@@ -281,18 +287,24 @@ class RecordingRead:
 _RECORDING_READS: Memo[tuple[int, Any], tuple[Select[Any], Select[Any]]] = Memo(1024)
 
 
-def read_with_record(stmt: Select[Any], access_type: Any) -> Select[Any]:
+def read_with_record(stmt: Select[Any], access_type: Any, assertion: Any) -> Select[Any]:
     """``stmt`` (a read of at most one resource row, with ``patient_id``, ``owner_org``, ``owner_unit`` and
     ``deleted``) as one PostgreSQL statement that also writes the read's audit record: the event from the
     parameters ``ev_<column>`` (``_event_params``) and one access row for the row's patient, typed
-    ``access_type(columns)``, protected identity looked up as in ``record`` (R-ID-3). The result has the read's
-    columns and ``audit_seq``, the record's number (None when the row was deleted or not found: nothing is
-    recorded then)."""
+    ``access_type(columns)``, naming the Consent ``assertion(columns, type)`` it was reached through, protected
+    identity looked up as in ``record`` (R-ID-3). The result has the read's columns and ``audit_seq``, the
+    record's number (None when the row was deleted or not found: nothing is recorded then)."""
     read = stmt.cte("nara_read")
     kind: ColumnElement[str] = access_type(read.c)
+    used: ColumnElement[str] = assertion(read.c, kind)
     protected = exists().where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id == read.c.patient_id)
     fixed = [c for c in _EVENT_COLUMNS if c not in ("flags", "patient_count")]
-    values: list[ColumnElement[Any]] = [bindparam(f"ev_{c}", type_=audit_event.c[c].type) for c in fixed]
+    values: list[ColumnElement[Any]] = [
+        func.coalesce(bindparam(f"ev_{c}", type_=String()), used)
+        if c == "assertion_id"
+        else bindparam(f"ev_{c}", type_=audit_event.c[c].type)
+        for c in fixed
+    ]
     flags = func.nullif(
         func.concat_ws(
             ",",
@@ -310,9 +322,16 @@ def read_with_record(stmt: Select[Any], access_type: Any) -> Select[Any]:
         .cte("nara_read_event")
     )
     access = insert(audit_access).from_select(
-        ["seq", "recorded_at", "patient_id", "owner_org", "owner_unit", "access_type", "protected"],
+        ["seq", "recorded_at", "patient_id", "owner_org", "owner_unit", "access_type", "protected", "assertion_id"],
         select(
-            event.c.seq, event.c.recorded_at, read.c.patient_id, read.c.owner_org, read.c.owner_unit, kind, protected
+            event.c.seq,
+            event.c.recorded_at,
+            read.c.patient_id,
+            read.c.owner_org,
+            read.c.owner_unit,
+            kind,
+            protected,
+            used,
         )
         .select_from(event.join(read, true()))
         .where(read.c.patient_id.is_not(None)),
@@ -348,12 +367,13 @@ def _record_many_sql() -> str:
         f"FROM json_to_recordset(%(events)s::json) AS u({columns(_EVENT_COLUMNS)})), "
         "acc AS MATERIALIZED (SELECT v.ord, v.patient_id, v.owner_org, v.owner_unit, v.access_type, "
         "v.protected OR EXISTS (SELECT 1 FROM pdl_rule p WHERE p.kind = 'protected' AND p.patient_id = v.patient_id) "
-        f"AS protected, v.action FROM json_to_recordset(%(accesses)s::json) AS v({columns(_ACCESS_COLUMNS)})), "
+        "AS protected, v.action, v.assertion_id "
+        f"FROM json_to_recordset(%(accesses)s::json) AS v({columns(_ACCESS_COLUMNS)})), "
         f"ev AS (INSERT INTO audit_event (seq, {', '.join(_EVENT_COLUMNS)}) "
         f"SELECT i.seq, {', '.join(event_values)} FROM items i), "
         f"ac AS (INSERT INTO audit_access (seq, recorded_at, {', '.join(_ACCESS_COLUMNS)}) "
         "SELECT i.seq, i.recorded_at, acc.patient_id, acc.owner_org, acc.owner_unit, acc.access_type, acc.protected, "
-        "acc.action FROM acc JOIN items i ON i.ord = acc.ord) "
+        "acc.action, acc.assertion_id FROM acc JOIN items i ON i.ord = acc.ord) "
         "SELECT ord, seq FROM items"
     )
 
@@ -412,7 +432,9 @@ def _canonical(event: Any, accesses: list[Any]) -> bytes:
         v = getattr(event, f)
         values.append(v.isoformat() if isinstance(v, datetime) else v)
     acc = sorted(
+        # The assertion only where there is one: records sealed before the column existed keep their hashes.
         [a.patient_id, a.owner_org or "", a.owner_unit or "", a.access_type, bool(a.protected), a.action or ""]
+        + ([a.assertion_id] if a.assertion_id else [])
         for a in accesses
     )
     return orjson.dumps([values, acc])

@@ -116,15 +116,12 @@ class Gate:
         others = {pid for pid, _org, unit in by_key if a is not None and unit is not None and unit != a.unit}
         broken = policy.broken_owners(tx, others)
         # Protected identity is marked by the audit insert itself (audit.record).
-        return [
-            audit.Access(
-                pid,
-                org,
-                unit,
-                policy.access_type(org, unit, pid in emergency, (pid, org) in broken or (pid, unit) in broken),
-            )
+        typed = [
+            (pid, org, unit, policy.access_type(org, unit, pid in emergency, bool({(pid, org), (pid, unit)} & broken)))
             for (pid, org, unit) in by_key
         ]
+        used = policy.assertions(tx, typed)  # the consent, emergency assertion or break behind each (R-LOG-1)
+        return [audit.Access(p, org, unit, kind, assertion_id=used.get((p, org, unit))) for p, org, unit, kind in typed]
 
     def _emergency_only(self, tx: Tx, policy: Policy, patient_ids: set[str]) -> set[str]:
         """Patients whose other providers' data this staff member reaches by emergency access, not consent."""

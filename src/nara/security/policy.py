@@ -46,6 +46,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     or_,
     select,
     text,
@@ -235,6 +236,10 @@ def _other_provider(columns: Any) -> ColumnElement[bool]:
 
 def _active(t: Any, now: Any) -> ColumnElement[bool]:
     return and_(or_(t.c.starts.is_(None), t.c.starts <= now), or_(t.c.ends.is_(None), t.c.ends >= now))
+
+
+# An access as the log types it: patient, owner provider, owner unit, access type.
+AccessKey = tuple[str, str | None, str | None, str]
 
 
 class Policy:
@@ -666,6 +671,69 @@ class Policy:
             emergency = self._assertion(row.patient_id, "emergency")
             branches.append((and_(emergency, not_(self._assertion(row.patient_id, "consent"))), "emergency"))
         return case(*branches, else_=literal("svod", String()))
+
+    # The kind of Consent each access type is reached through (R-LOG-1: "consent or emergency assertion id").
+    _ASSERTION_KINDS = {"svod": "consent", "emergency": "emergency", "block-break": "break"}
+
+    def _assertion_rows(self, p: Any) -> ColumnElement[bool]:
+        """Rows of ``pdl_rule`` (or an alias) that can give me access: my consents and emergency assertions in
+        force, and the block breaks I made that are in force (late bound)."""
+        return or_(
+            and_(p.c.kind.in_(_constants(["consent", "emergency"])), self.mine_in_force(p)),
+            and_(
+                p.c.kind == _constants(["break"])[0],
+                p.c.employee == _late("practitioner"),
+                _active(p, _late("now", DateTime())),
+            ),
+        )
+
+    def assertion_sql(self, row: Any, kind: ColumnElement[str]) -> ColumnElement[str]:
+        """SQL: the id of the Consent through which a row of ``row`` (with ``patient_id``, ``owner_org`` and
+        ``owner_unit``) was reached as access type ``kind`` (``access_type_sql``): the newest in force, as
+        ``assertions`` picks it; NULL for an access that needed none. Each branch is a subquery evaluated only
+        for the access type that needs it, so a read of one's own unit's data costs nothing more."""
+        actor = self.actor
+        if actor.kind != "staff" or actor.assignment is None or not self.rules_available:
+            return literal(None, String())
+        branches = []
+        for access, rule_kind in self._ASSERTION_KINDS.items():
+            p = pdl_rule.alias(f"as{rule_kind[0]}")
+            res = resource.alias(f"asr{rule_kind[0]}")
+            conds = [p.c.patient_id == row.patient_id, p.c.kind == _constants([rule_kind])[0], self._assertion_rows(p)]
+            if rule_kind == "break":
+                conds.append(or_(p.c.org == row.owner_org, p.c.org == row.owner_unit))
+            found = (
+                select(res.c.res_id)
+                .select_from(p.join(res, res.c.rid == p.c.source_rid))
+                .where(*conds)
+                .order_by(p.c.id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+            branches.append((_constants([access])[0], found))
+        return case(*branches, value=kind, else_=null())  # CASE kind WHEN ...: the access type computed once
+
+    def assertions(self, tx: Tx, accesses: list[AccessKey]) -> dict[tuple[str, str | None, str | None], str]:
+        """The Consent id each access (patient, owner provider, owner unit, access type) was reached through,
+        for the accesses that needed one (SVOD: the consent; emergency: the assertion; block-break: the break);
+        the newest in force where there are several. One query, and none when no access needed an assertion."""
+        wanted = [x for x in accesses if x[3] in self._ASSERTION_KINDS]
+        if not wanted or self.actor.kind != "staff" or not self.rules_available:
+            return {}
+        res = resource.alias("asr")
+        rows = tx.conn.execute(
+            select(pdl_rule.c.patient_id, pdl_rule.c.kind, pdl_rule.c.org, res.c.res_id)
+            .select_from(pdl_rule.join(res, res.c.rid == pdl_rule.c.source_rid))
+            .where(pdl_rule.c.patient_id.in_(sorted({x[0] for x in wanted})), self._assertion_rows(pdl_rule))
+            .order_by(pdl_rule.c.id)
+        ).all()
+        found: dict[tuple[str, str | None, str | None], str] = {}
+        for pid, org, unit, access in wanted:
+            kind = self._ASSERTION_KINDS[access]
+            for r in rows:  # in order of creation: the newest wins
+                if r.patient_id == pid and r.kind == kind and (kind != "break" or r.org in (org, unit)):
+                    found[(pid, org, unit)] = r.res_id
+        return found
 
     # ---- writing -------------------------------------------------------------------------------
     def owner(self) -> tuple[str | None, str | None]:

@@ -105,6 +105,9 @@ audit_access = Table(
     Column("access_type", String(16), nullable=False),
     Column("protected", Boolean, nullable=False, default=False),
     Column("action", String(32)),  # when it differs from the event's (a transaction's creates and updates)
+    # The Consent that gave this access (R-LOG-1): the patient's consent for SVOD access, the emergency
+    # assertion for emergency access, the block break for access through a broken block; None otherwise.
+    Column("assertion_id", ID),
     Index("ix_audit_access_patient", "patient_id", "recorded_at"),
     Index("ix_audit_access_seq", "seq"),
 )
@@ -129,9 +132,6 @@ MIN_RETENTION_YEARS = 5  # R-LOG-2: audit records are kept at least five years
 def retention_days(years: int) -> int:
     """Whole days that cover ``years`` years with their leap days (5 years: 1827 days)."""
     return -(-years * 1461 // 4)
-
-
-AUDIT_TABLES = ("audit_event", "audit_access", "audit_review")
 
 
 def _sealing_only(dialect: str) -> str:

@@ -147,6 +147,7 @@ def _audit(
                 else "block-break"
                 if "block-break" in flags
                 else policy.access_type(None, None),  # e.g. citizen, proxy: who asked for the log extract
+                assertion_id=assertion,
             )
         ],
     )
@@ -577,6 +578,20 @@ def _event_with_accesses(r: Any, accesses: list[Any]) -> dict[str, Any]:
             }
             for patient, kinds in by_patient.items()
         ]
+    # The Consents the access was reached through (consent, emergency assertion, block break; R-LOG-1), and the
+    # one an operation made or used.
+    assertions = dict.fromkeys([*(a.assertion_id for a in accesses if a.assertion_id), r.assertion_id])
+    consents = [
+        {
+            "what": {"reference": f"Consent/{cid}"},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "13"},
+        }
+        for cid in assertions
+        if cid
+    ]
+    if consents:
+        event["entity"] = [*event.get("entity", []), *consents]
     return event
 
 
