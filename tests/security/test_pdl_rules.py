@@ -6,6 +6,8 @@ stamped with its owner (care provider and unit) from the writer's assignment.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -566,21 +568,25 @@ def test_r_blk_4_guardian_cannot_block_childs_data(region: Region) -> None:
     assert "R-BLK-4" in r.text
 
 
-def test_r_blk_5_unreadable_block_store_fails_closed_for_other_units(region: Region, store: Store) -> None:
-    with_consent_for(region, HSV)
-    rename = "ALTER TABLE pdl_rule RENAME TO pdl_rule_away"
-    back = "ALTER TABLE pdl_rule_away RENAME TO pdl_rule"
+@contextmanager
+def rule_store_unreadable(store: Store) -> Iterator[None]:
+    """The consent and block store (``pdl_rule``) cannot be read while inside: a real database error."""
     with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
-        conn.exec_driver_sql(rename)
+        conn.exec_driver_sql("ALTER TABLE pdl_rule RENAME TO pdl_rule_away")
     try:
-        with client(region, region.staff["hsv"].token()) as c:
-            r = c.get(f"Observation?patient={region.patients['anna']}")
-        assert r.status_code == 200, r.text
-        assert ids(r.json()) == {region.data["hsv"]}  # type: ignore[attr-defined]
-        assert "Warning" in r.headers
+        yield
     finally:
         with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
-            conn.exec_driver_sql(back)
+            conn.exec_driver_sql("ALTER TABLE pdl_rule_away RENAME TO pdl_rule")
+
+
+def test_r_blk_5_unreadable_block_store_fails_closed_for_other_units(region: Region, store: Store) -> None:
+    with_consent_for(region, HSV)
+    with rule_store_unreadable(store), client(region, region.staff["hsv"].token()) as c:
+        r = c.get(f"Observation?patient={region.patients['anna']}")
+    assert r.status_code == 200, r.text
+    assert ids(r.json()) == {region.data["hsv"]}  # type: ignore[attr-defined]
+    assert "Warning" in r.headers
 
 
 def test_r_blk_6_quality_assurance_reads_blocked_data_logged_with_purpose(region: Region, store: Store) -> None:
@@ -853,6 +859,41 @@ def test_r_id_3_protected_identity_hides_address_and_flags_access(region: Region
             .where(audit_event.c.user_id == region.staff["vc"].hsa)
         ).all()
     assert read == [(True, "protected-identity")]  # the read by id, its access marked protected
+
+
+def test_r_id_3_access_to_a_protected_patient_is_flagged_while_the_rule_store_cannot_be_read(
+    region: Region, store: Store
+) -> None:
+    """Protected identity is also kept in the rule store; when that cannot be read (R-BLK-5) the flag comes from the
+    Patient resource itself, so no access to a protected patient goes unflagged."""
+    hidden, anna = region.patients["hidden"], region.patients["anna"]
+    vc = region.staff["vc"]
+    observations = region.fhir.get(f"Observation?patient={anna}&_summary=count").json()["total"]
+    before = len(audit_rows(store))
+    with rule_store_unreadable(store), client(region, vc.token()) as c:
+        read = c.get(f"Patient/{hidden}")
+        assert read.status_code == 200 and "Warning" in read.headers and "address" not in read.json()
+        assert c.get(f"Patient?_id={hidden},{anna}").status_code == 200
+        assert c.get(f"Patient/{anna}").status_code == 200
+        # A write cannot be checked for protected identity nor derive its rules: it fails, storing nothing.
+        written = c.post("Observation", content=orjson.dumps(observation(anna, "8867-4", 61)), headers=JSON)
+        assert written.status_code >= 500 and "nothing was changed" in written.text
+    assert region.fhir.get(f"Observation?patient={anna}&_summary=count").json()["total"] == observations
+    new = [e for e in audit_rows(store)[before:] if e.user_id == vc.hsa]
+    assert [(e.action, e.resource_id) for e in new] == [("read", hidden), ("search", None), ("read", anna)]
+    with store.engine.connect() as conn:
+        marked = {
+            (r.seq, r.patient_id): r.protected
+            for r in conn.execute(select(audit_access).where(audit_access.c.seq.in_([e.seq for e in new])))
+        }
+    read_hidden, search, read_anna = new
+    assert marked == {
+        (read_hidden.seq, hidden): True,
+        (search.seq, hidden): True,
+        (search.seq, anna): False,
+        (read_anna.seq, anna): False,
+    }
+    assert [e.flags for e in new] == ["protected-identity", "protected-identity", None]
 
 
 def stored_patient(store: Store, pid: str) -> dict[str, Any]:

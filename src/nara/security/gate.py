@@ -22,7 +22,7 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import without_protected_address
+from nara.security.rules import protected_by_label, without_protected_address
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -177,6 +177,11 @@ class Gate:
             ],
             lookup_protected=policy.rules_available,
         )
+        if not policy.rules_available and rec.accesses:
+            # The rule store cannot be read (R-BLK-5): protected identity from the Patient resources (R-ID-3).
+            protected = protected_by_label(tx.conn, {x.patient_id for x in rec.accesses})
+            for x in rec.accesses:
+                x.protected = x.patient_id in protected
         if tx.autocommit and tx.pg and rec.lookup_protected:
             # A read on PostgreSQL: written before the request answers, together with concurrent reads' records.
             self.group_commit.record(tx.conn, rec)

@@ -7,15 +7,18 @@ representation is documented in docs/security.md §3.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert
+import orjson
+from sqlalchemy import Connection, delete, insert, not_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
+from nara.store.schema import resource
 from nara.store.store import register_write_hook
 
 if TYPE_CHECKING:
@@ -102,6 +105,30 @@ def is_protected(res: dict[str, Any]) -> bool:
         isinstance(x, dict) and x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS
         for x in labels
     )
+
+
+def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]:
+    """The patients among ``patient_ids`` whose Patient resource carries a protected-identity label (R-ID-3), read
+    from the resources themselves: for when the access-rule store (``pdl_rule``, where ``derive`` keeps the
+    same fact) cannot be read (R-BLK-5), so that an access to them is flagged all the same."""
+    ids = sorted(set(patient_ids))
+    found: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        rows = conn.execute(
+            select(resource.c.res_id, resource.c.content).where(
+                resource.c.res_type == "Patient",
+                resource.c.res_id.in_(ids[start : start + 5000]),
+                not_(resource.c.deleted),
+            )
+        )
+        for pid, content in rows:
+            if isinstance(content, str):
+                if not any(label in content for label in PROTECTED_LABELS):
+                    continue  # most patients: no need to parse
+                content = orjson.loads(content)
+            if isinstance(content, dict) and is_protected(content):
+                found.add(pid)
+    return found
 
 
 def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
