@@ -125,6 +125,38 @@ def test_scope_limits_types_and_writes(region: Region) -> None:
         assert c.get(f"Condition?patient={anna}").json()["total"] == 1
 
 
+def test_smart_v2_scope_r_reads_by_id_and_s_searches(region: Region) -> None:
+    """SMART v2 splits reading: ``.r`` reads a resource by id (read, vread, its history), ``.s`` searches. Neither
+    letter lends the other its interaction."""
+    anna = region.patients["anna"]
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/Observation.rs")) as c:
+        obs = c.get(f"Observation?patient={anna}").json()["entry"][0]["resource"]["id"]
+    by_id = [f"Observation/{obs}", f"Observation/{obs}/_history/1", f"Observation/{obs}/_history"]
+    searches = [f"Observation?patient={anna}", f"Patient/{anna}/Observation", "Observation/_history"]
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/Observation.r")) as c:
+        assert [c.get(path).status_code for path in by_id] == [200, 200, 200]
+        for path in searches:
+            refused = c.get(path)
+            assert refused.status_code == 403 and "do not allow search on Observation" in refused.text, path
+        form = c.post(
+            "Observation/_search",
+            content=f"patient={anna}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 403
+        assert c.get(f"?_type=Observation&patient={anna}").status_code == 403
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/Observation.s")) as c:
+        for path in by_id:
+            refused = c.get(path)
+            assert refused.status_code == 403 and "scope" in refused.text, path
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 1
+        assert c.get(f"Patient/{anna}/Observation").json()["total"] == 1
+    # SMART v1 ``read`` is both.
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/Observation.read")) as c:
+        assert c.get(f"Observation/{obs}").status_code == 200
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 1
+
+
 def test_a_granular_scope_grants_nothing_rather_than_the_whole_type(region: Region) -> None:
     """SMART v2 scopes narrowed by a query (``?category=...``) are not enforced by Nära: such a scope must not
     grant the whole resource type."""

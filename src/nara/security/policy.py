@@ -843,6 +843,17 @@ class Policy:
             )
         return {**body, **{k: current[k] for k in ADDRESS_ELEMENTS if k in current}}
 
+    def check_scope(self, rtype: str, action: str) -> None:
+        """Raise 403 unless the token's SMART scopes allow ``action`` on ``rtype``: ``r`` reads by id (read, vread,
+        a resource's history), ``s`` searches. A search of a type the scopes do not let the token read at all is
+        left to the row filter, which limits every search to the readable types (it finds nothing there)."""
+        scopes = self.actor.scopes
+        if scopes.allows(rtype, action):
+            return
+        if action == "search" and not scopes.allows(rtype, "read"):
+            return
+        scopes.require(rtype, action)
+
     def check_write(
         self,
         tx: Tx,

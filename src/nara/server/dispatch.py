@@ -184,6 +184,7 @@ def _dispatch(tx: Tx, ctx: Context, req: FhirRequest) -> Outcome:
         if n == 3:
             return history_interaction(tx, ctx, req, rtype, rid)
         if n == 4:
+            _check_scope(tx, rtype, "vread")
             st = _redacted(ctx, tx.vread(rtype, rid, parts[3]))
             return Outcome(200, orjson.Fragment(st.json_bytes()), version_headers(st, ctx.base_url), st, [st])
     if third.startswith("$") and n == 3:
@@ -200,7 +201,14 @@ def _redacted(ctx: Context, st: Stored) -> Stored:
     return ctx.redact(st) if ctx.redact is not None else st
 
 
+def _check_scope(tx: Tx, rtype: str, action: str) -> None:
+    """The token's SMART scopes allow ``action`` (read or search) on ``rtype`` (403 otherwise)."""
+    if tx.policy is not None:
+        tx.policy.check_scope(rtype, action)
+
+
 def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcome:
+    _check_scope(tx, rtype, "read")
     st = _redacted(ctx, tx.read(rtype, rid))
     headers = version_headers(st, ctx.base_url)
     headers.pop("Location")
@@ -347,6 +355,8 @@ def search(
         types = [v for k, v in params if k == "_type"]
         if not types and any(not k.startswith("_") for k, _ in params):
             raise FhirError(400, "invalid", "System-level search with criteria needs _type")
+    for searched in [rtype] if rtype else [t for k, v in params if k == "_type" for t in v.split(",") if t]:
+        _check_scope(tx, searched, "search")
     q = parse_search(ctx, rtype, params)
     result = searcher(tx, ctx).search(q, compartment)
     if ctx.redact is not None:
@@ -385,6 +395,8 @@ def search(
 
 
 def history_interaction(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
+    if rtype is not None:
+        _check_scope(tx, rtype, "history" if rid else "search")  # a type's history lists its resources, as a search
     since = at = None
     raw_since, raw_at = req.param("_since"), req.param("_at")
     if raw_since:
