@@ -648,6 +648,45 @@ def test_r_log_4_an_auditor_reading_a_patients_log_is_in_that_patients_extract(r
     ), "the patient sees that an auditor read her log"
 
 
+def test_r_log_4_an_auditors_review_names_every_patient_whose_log_it_showed(region: Region, store: Store) -> None:
+    """Listing the log of many patients at once (``$log-review``, ``AuditEvent?agent=``) is an access to each one's
+    log: the auditor's record names every patient listed, with access type log-review."""
+    anna, hidden = region.patients["anna"], region.patients["hidden"]
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 200
+        assert c.get(f"Patient/{hidden}").status_code == 200
+    auditor = region.staff["audit"]
+
+    def listed(bundle: dict[str, Any]) -> set[str]:
+        return {
+            x["what"]["reference"].split("/")[1]
+            for e in bundle["entry"]
+            for x in e["resource"].get("entity", [])
+            if x["what"]["reference"].startswith("Patient/")
+        }
+
+    def logged(action: str) -> set[tuple[str, str]]:
+        last = events(store, user_id=auditor.hsa, action=action)[-1]
+        return {(a.patient_id, a.access_type) for a in accesses(store, last.seq)}
+
+    with region.as_(auditor.token()) as c:
+        review = c.get("$log-review", params={"sampleRate": "1", "seed": "7"})
+        assert review.status_code == 200, review.text
+        reviewed = listed(review.json())
+        assert {anna, hidden} <= reviewed
+        assert logged("operation") == {(p, "log-review") for p in reviewed}
+        by_agent = c.get("AuditEvent", params={"agent": vc.hsa, "_count": "1000"})
+        assert by_agent.status_code == 200
+        shown = listed(by_agent.json())
+        assert {anna, hidden} <= shown
+        assert logged("search") == {(p, "log-review") for p in shown}
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        extract = c.get(f"Patient/{anna}/$log-extract").json()
+    kinds = [x.get("valueCode") for e in extract["entry"] for x in e["resource"].get("extension", [])]
+    assert kinds.count("log-review") >= 2, "the patient sees both reviews of her log"
+
+
 def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
     with store.transaction() as tx:
         start, end = audit.default_period(1)

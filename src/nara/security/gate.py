@@ -153,10 +153,12 @@ class Gate:
         assertion_id: str | None = None,
         counted: Iterable[str] = (),
         refused: Iterable[str] = (),
+        logs_shown: Iterable[str] = (),
     ) -> None:
         """One record of a read-like interaction: the patients of ``rows`` by owner and access type, the
         ``counted`` patients, whose data a search counted without returning it (``_summary=count``), and the
-        ``refused`` ones, asked about without a care relationship (access type denied)."""
+        ``refused`` ones, asked about without a care relationship (access type denied), and those whose access
+        log it showed (an auditor's review: access type log-review)."""
         policy: Policy = tx.policy
         # A count of the patient's data; for the log itself (AuditEvent?patient=), an auditor's review of it.
         counted_as = "log-review" if resource_type == "AuditEvent" else "count"
@@ -174,6 +176,7 @@ class Gate:
                 *self.accesses(tx, policy, rows),
                 *(audit.Access(p, None, None, counted_as) for p in counted),
                 *(audit.Access(p, None, None, "denied") for p in refused),
+                *(audit.Access(p, None, None, "log-review") for p in logs_shown),
             ],
             lookup_protected=policy.rules_available,
         )
@@ -327,7 +330,9 @@ class Gate:
         outside = self._outside_care(tx, req, rtype) if action == "search" else []
         if outside:
             flags.add("outside-care-relationship")  # asked about patients I have no care relationship with
-        self.audit_interaction(tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside)
+        self.audit_interaction(
+            tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside, logs_shown=out.logs_shown
+        )
         if action == "search" and rtype is not None and isinstance(out.body, dict):
             self.signal_blocked(tx, req, out.body)
 

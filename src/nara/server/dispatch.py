@@ -73,6 +73,9 @@ class Outcome:
     stored: Stored | None = None
     # Every resource version the interaction returned (for the audit record).
     returned: list[Stored] = field(default_factory=list)
+    # Patients whose access log the interaction showed (an auditor's AuditEvent search or $log-review): named in
+    # its audit record with access type log-review, so each sees it in her log extract.
+    logs_shown: list[str] = field(default_factory=list)
 
 
 Operation = Callable[[Tx, Context, FhirRequest, str | None, str | None], Outcome]

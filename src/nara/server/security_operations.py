@@ -634,8 +634,9 @@ def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Out
     for a in tx.conn.execute(found):
         access.setdefault(a.seq, []).append(a)
     events = [_event_with_accesses(r, access.get(r.seq, [])) for r in rows]
+    shown = list(dict.fromkeys(a.patient_id for r in rows for a in access.get(r.seq, [])))
     if seq is not None:
-        return Outcome(200, events[0])
+        return Outcome(200, events[0], logs_shown=shown)
     return Outcome(
         200,
         {
@@ -647,6 +648,7 @@ def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Out
                 for e in events
             ],
         },
+        logs_shown=shown,
     )
 
 
@@ -692,4 +694,8 @@ def log_review(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
         }
         for i in items
     ]
-    return Outcome(200, {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries})
+    return Outcome(
+        200,
+        {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries},
+        logs_shown=list(dict.fromkeys(i.patient_id for i in items if i.patient_id)),
+    )
