@@ -364,6 +364,40 @@ def test_r_log_1_export_and_import_by_the_operator_are_logged_against_each_patie
     assert all(e.actor_kind == "system" and (e.user_id or "").startswith("cli:") for e in logged)
 
 
+def test_r_log_4_a_review_on_the_command_line_is_logged_against_each_patient_it_lists(
+    backend: Backend, store: Store
+) -> None:
+    """``nara audit review`` shows the operator the accesses of many patients: one record of the operator naming
+    each listed patient (access type log-review), as the API's $log-review does."""
+    from nara.security import audit
+    from nara.security.actors import Actor, Assignment
+
+    unit = Assignment(
+        id="SE2321000032-PNURSE-U",
+        role_id="role-nurse",
+        unit="SE2321000032-VC",
+        unit_name="Vårdcentralen",
+        provider="SE2321000032-REG",
+        provider_name="Region Örebro län",
+        provider_kind="vardgivare",
+        purpose="Vård och behandling",
+        rights=("Läsa;alla;VE",),
+    )
+    nurse = Actor(kind="staff", subject="SE2321000032-PNURSE", assignment=unit)
+    with store.transaction() as tx:
+        for pid in ("p-one", "p-two"):
+            audit.record(tx.conn, audit.AuditRecord("read", "permit", nurse, "Patient", pid, f"GET Patient/{pid}",
+                                                    accesses=[audit.Access(pid, None, None, "own-unit")]))  # fmt: skip
+    r = nara("audit", "review", "--database-url", backend.url, "--days", "1", "--sample", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "p-one" in r.stdout and "p-two" in r.stdout
+    with store.engine.connect() as conn:
+        review = conn.execute(select(audit_event).where(audit_event.c.action == "log-review")).one()
+        listed = conn.execute(select(audit_access).where(audit_access.c.seq == review.seq)).all()
+    assert review.request == "nara audit review --days 1" and (review.user_id or "").startswith("cli:")
+    assert sorted((a.patient_id, a.access_type) for a in listed) == [("p-one", "log-review"), ("p-two", "log-review")]
+
+
 def test_export_then_import_reproduces_the_resources(backend: Backend, store: Store, tmp_path: Path) -> None:
     with store.transaction() as tx:
         p = tx.create(patient()).stored

@@ -483,6 +483,15 @@ def audit_review(
     try:
         with store.transaction() as tx:
             items = run_review(tx, start, end, vip=[v for v in vip.split(",") if v], sample_rate=sample)
+            # Showing the accesses is reading each listed patient's log: logged against each (R-LOG-3/4).
+            audit.record_operator(
+                tx.conn,
+                audit.operator_actor("audit review"),
+                "log-review",
+                f"nara audit review --days {days}",
+                (i.patient_id for i in items if i.patient_id),
+                access_type="log-review",
+            )
             table = Table(title=f"Accesses to review, {start:%Y-%m-%d} to {end:%Y-%m-%d}")
             for col in ("seq", "time (UTC)", "user", "unit", "patient", "action", "criteria"):
                 table.add_column(col)
