@@ -816,7 +816,8 @@ def test_r_acc_5_a_consent_keeps_its_kind_so_no_update_makes_a_block_break(regio
 
 
 def test_only_the_patient_authorises_a_representative(region: Region) -> None:
-    """A power of attorney is the patient's own act: neither staff nor a guardian can make themselves one."""
+    """A power of attorney is the patient's own act, and an adult's: neither staff nor a guardian can make themselves
+    one, nor can a child appoint one."""
     anna, child = region.patients["anna"], region.patients["child"]
 
     def authorise(patient: str, person: str) -> dict[str, Any]:
@@ -832,6 +833,12 @@ def test_only_the_patient_authorises_a_representative(region: Region) -> None:
     with client(region, token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])) as c:
         r = c.post("Consent", content=orjson.dumps(authorise(child, region.pnr["guardian"])), headers=JSON)
         assert r.status_code == 403 and "Only the patient" in r.text
+    # A 15-year-old reads her own record, but a power of attorney is an adult's act.
+    teen = region.patients["teen"]
+    with client(region, token(region.pnr["teen"], "citizen")) as c:
+        assert c.get(f"Patient/{teen}").status_code == 200
+        r = c.post("Consent", content=orjson.dumps(authorise(teen, region.pnr["guardian"])), headers=JSON)
+        assert r.status_code == 403 and "adult" in r.text
     with client(region, token(region.pnr["anna"], "citizen")) as c:
         r = c.post("Consent", content=orjson.dumps(authorise(anna, region.pnr["guardian"])), headers=JSON)
         assert r.status_code == 201, r.text

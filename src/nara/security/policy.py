@@ -57,6 +57,7 @@ from sqlalchemy.sql.selectable import Alias
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from nara.fhir.canonical import BASE
+from nara.fhir.identifiers import InvalidIdentifier, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
@@ -236,6 +237,17 @@ def _other_provider(columns: Any) -> ColumnElement[bool]:
 
 def _active(t: Any, now: Any) -> ColumnElement[bool]:
     return and_(or_(t.c.starts.is_(None), t.c.starts <= now), or_(t.c.ends.is_(None), t.c.ends >= now))
+
+
+MAJORITY_AGE = 18  # an adult authorises a representative (DOMAIN §1.2)
+
+
+def _age(personal_number: str, now: datetime) -> int:
+    """The age today of the person with this personnummer or samordningsnummer (-1 when it is not one)."""
+    try:
+        return parse_personal_identity(personal_number, today=now.date()).age_on(now.date())
+    except InvalidIdentifier:
+        return -1
 
 
 # An access as the log types it: patient, owner provider, owner unit, access type.
@@ -795,6 +807,9 @@ class Policy:
             # A power of attorney is the patient's own act (or comes from a registration system, a system client):
             # nobody authorises themselves to act for someone else.
             raise FhirError(403, "forbidden", "Only the patient authorises a representative")
+        if kind == "representative" and actor.kind == "citizen" and _age(actor.subject, self.now) < MAJORITY_AGE:
+            # A child's affairs are the guardians' (who read for a child under 13 without any authorisation).
+            raise FhirError(403, "forbidden", "Only an adult (18 or older) authorises a representative")
         if kind == "block" and actor.kind == "staff":
             # The patient asks the care provider holding the data; that provider's staff register or lift the block.
             asg = actor.assignment
