@@ -20,10 +20,12 @@ from nara.store.reindex import reindex
 from nara.store.store import Store
 from tests.conftest import token
 from tests.security.region import (
+    ADULT_PNR,
     AVD,
     HSV,
     JSON,
     NARA,
+    PNR,
     REGION,
     VC,
     Region,
@@ -844,6 +846,39 @@ def test_only_the_patient_authorises_a_representative(region: Region) -> None:
         assert r.status_code == 201, r.text
     with client(region, token(region.pnr["guardian"], "proxy", patient=region.pnr["anna"])) as c:
         assert c.get(f"Observation?patient={anna}").status_code == 200
+
+
+def test_a_staff_members_private_data_is_neither_shown_nor_searchable_outside_the_directory_administration(
+    region: Region,
+) -> None:
+    """The directory (Practitioner) is readable by every signed-in user, but a staff member's personnummer, home
+    address and birth date are no part of it: shown only to directory administrators and system clients, and
+    searchable by nobody (no search can tell whose personnummer or address it is)."""
+    me = region.staff["self"]  # has a personnummer and a home address in the directory
+
+    def shown(bearer: str | None) -> dict[str, Any]:
+        c = region.fhir if bearer is None else client(region, bearer)
+        r = c.get(f"Practitioner/{me.practitioner}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    for bearer in (token(region.pnr["anna"], "citizen"), region.staff["vc"].token()):
+        seen = shown(bearer)
+        assert ADULT_PNR not in orjson.dumps(seen).decode() and "address" not in seen, seen
+        assert [i["value"] for i in seen["identifier"]] == [me.hsa] and seen["name"][0]["family"] == "Andersson"
+        with client(region, bearer) as c:
+            history = c.get(f"Practitioner/{me.practitioner}/_history").text
+            assert ADULT_PNR not in history and "Storgatan" not in history
+            roles = c.get(f"PractitionerRole?practitioner={me.practitioner}&_include=PractitionerRole:practitioner")
+            assert roles.status_code == 200 and ADULT_PNR not in roles.text and "Storgatan" not in roles.text
+    for full in (shown(region.staff["admin"].token()), shown(None)):
+        assert ADULT_PNR in orjson.dumps(full).decode() and full["address"][0]["line"] == ["Storgatan 1"]
+    for bearer in (token(region.pnr["anna"], "citizen"), region.staff["admin"].token()):
+        with client(region, bearer) as c:
+            assert c.get(f"Practitioner?identifier={PNR}|{ADULT_PNR}").json()["total"] == 0
+            assert c.get(f"Practitioner?identifier={ADULT_PNR}").json()["total"] == 0
+            assert c.get("Practitioner?address=Storgatan").json()["total"] == 0
+            assert c.get(f"Practitioner?identifier={me.hsa}").json()["total"] == 1  # the directory's own identifier
 
 
 # ---- R-ID-3 --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ before the response is sent, audits every write through a store hook, and logs d
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,7 +22,7 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import protected_by_label, without_protected_address
+from nara.security.rules import protected_by_label, without_protected_address, without_staff_private_data
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -52,13 +52,27 @@ class SecuritySettings:
 
 
 def redact(st: Stored) -> Stored:
-    """Never show the address of a patient with protected identity (R-ID-3)."""
-    if st.res_type != "Patient" or st.content is None:
+    """Never show the address of a patient with protected identity (R-ID-3); show a staff member's private data
+    (personnummer, home address, birth date) only to directory administrators and system clients."""
+    if st.content is None:
+        return st
+    if st.res_type == "Practitioner":
+        policy = current_policy.get()
+        actor = policy.actor if policy is not None else None
+        if actor is None or actor.policy_off or actor.kind == "system" or actor.is_admin():
+            return st
+        return _shown(st, without_staff_private_data)
+    if st.res_type != "Patient":
         return st
     if "sekretessmarkering" not in st.content and "skyddadFolkbokforing" not in st.content:
         return st
+    return _shown(st, without_protected_address)
+
+
+def _shown(st: Stored, view: Callable[[dict[str, Any]], dict[str, Any]]) -> Stored:
+    """``st`` as ``view`` shows its resource (``st`` itself when the view leaves it whole)."""
     res = st.resource()
-    clean = without_protected_address(res)
+    clean = view(res)
     return st if clean is res else replace(st, content=orjson.dumps(clean).decode(), _parsed=clean)
 
 

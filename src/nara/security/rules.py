@@ -141,6 +141,42 @@ def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+# What a Practitioner holds about the person rather than the work: the directory publishes the rest.
+STAFF_PRIVATE_ELEMENTS = ("address", "birthDate")  # Practitioner.address is the home address (not role specific)
+
+
+def without_staff_private_data(res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` without the staff member's private data if it is a Practitioner, else ``res`` itself: personal
+    identity numbers, home address, birth date and home telecom. A Practitioner is public to every signed-in
+    user (the directory), but these are no part of the directory.
+
+    What the API shows everyone but directory administrators and system clients (``gate.redact``), and what the
+    search index sees (registered below as an index view: by nobody searchable, so no search tells whose
+    personnummer or address it is)."""
+    if res.get("resourceType") != "Practitioner":
+        return res
+    ids = res.get("identifier")
+    telecom = res.get("telecom")
+    public_ids = [i for i in ids if not _personal_identifier(i)] if isinstance(ids, list) else ids
+    work_telecom = (
+        [t for t in telecom if not (isinstance(t, dict) and t.get("use") == "home")]
+        if isinstance(telecom, list)
+        else telecom
+    )
+    if public_ids == ids and work_telecom == telecom and not any(k in res for k in STAFF_PRIVATE_ELEMENTS):
+        return res
+    clean = {k: v for k, v in res.items() if k not in (*STAFF_PRIVATE_ELEMENTS, "identifier", "telecom")}
+    if public_ids:
+        clean["identifier"] = public_ids
+    if work_telecom:
+        clean["telecom"] = work_telecom
+    return clean
+
+
+def _personal_identifier(ident: Any) -> bool:
+    return isinstance(ident, dict) and ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER)
+
+
 def block_custodians(res: dict[str, Any]) -> list[str]:
     """The Organizations (care providers or units) whose data a block Consent blocks (its CST actors)."""
     prov = res.get("provision")
@@ -295,3 +331,4 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
 
 register_write_hook(on_write)
 register_index_view(without_protected_address)
+register_index_view(without_staff_private_data)
