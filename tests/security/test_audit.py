@@ -563,6 +563,26 @@ def test_r_log_1_a_denial_names_the_patient_and_a_refused_batch_entry_is_one_too
         assert d.patient_count == 1 and "not allowed" in (d.reason or "")
 
 
+def test_r_log_1_a_conditional_update_of_a_hidden_resource_is_a_logged_denial_not_a_conflict(
+    region: Region, store: Store
+) -> None:
+    """``PUT Observation?_id=X`` with X an existing resource the user may not see answered 409 "exists with other
+    content", unlogged: now it is refused as a read or a PUT of X is, and logged as a denial naming the patient."""
+    anna = region.patients["anna"]
+    obs = region.post(observation(anna, "8867-4", 71), region.staff["vc"].token())["id"]
+    tom = region.staff["tom"]  # no care relationship with Anna
+    body = {**observation(anna, "8867-4", 99), "id": obs}
+    with region.as_(tom.token()) as c:
+        refused = c.put(f"Observation?_id={obs}", content=orjson.dumps(body), headers=JSON)
+        assert refused.status_code == 403 and "exists" not in refused.text, refused.text
+    denial = events(store, user_id=tom.hsa, outcome="deny")[-1]
+    assert (denial.action, denial.resource_type, denial.resource_id) == ("put", "Observation", obs)
+    assert [(a.patient_id, a.access_type) for a in accesses(store, denial.seq)] == [(anna, "denied")]
+    # One who may see it still gets the conflict the specification asks for.
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.put(f"Observation?_id={obs}-other", content=orjson.dumps(body), headers=JSON).status_code == 409
+
+
 def test_r_log_1_a_count_about_a_patient_is_logged_against_that_patient(region: Region, store: Store) -> None:
     """``_summary=count`` returns no resource but answers a question about the patient's data ("has she had this
     test?"): the record names the patient, with access type count, also for a POST _search form."""

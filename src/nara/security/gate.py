@@ -257,6 +257,9 @@ class Gate:
         """The denial record of a refused request, naming the patient whose data it tried to reach, where the
         request says it: the patient of the resource read or written, or the patient searched for."""
         rtype, rid = _target(req.path)
+        body = req.body if req.method.upper() == "PUT" else None
+        if rid is None and rtype and isinstance(body, dict) and isinstance(body.get("id"), str):
+            rid = body["id"][:64]  # a conditional update naming the resource it would write
         patient: str | None = None
         if rtype == "Patient" and rid:
             patient = rid
