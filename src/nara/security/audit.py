@@ -161,9 +161,6 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
     for x in rec.accesses:
         unique.setdefault((x.patient_id, x.owner_org, x.owner_unit, x.access_type, x.action, x.assertion_id), x)
     accesses = list(unique.values())
-    # The record's assertion: the one it was made under (an operation's), else the one every access used.
-    used = {x.assertion_id for x in accesses if x.assertion_id}
-    assertion = rec.assertion_id or (used.pop() if len(used) == 1 else None)
     params: dict[str, Any] = {
         "recorded_at": at,
         "action": rec.action,
@@ -180,7 +177,7 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
         "resource_id": rec.resource_id,
         "request": (rec.request or "")[:2000] or None,
         "reason": rec.reason,
-        "assertion_id": assertion,
+        "assertion_id": rec.assertion_id,  # an operation's own; each access names the one it was reached through
         "flags": ",".join(sorted(flags)) or None,
         "patient_count": len({x.patient_id for x in accesses}),
     }
@@ -299,12 +296,7 @@ def read_with_record(stmt: Select[Any], access_type: Any, assertion: Any) -> Sel
     used: ColumnElement[str] = assertion(read.c, kind)
     protected = exists().where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id == read.c.patient_id)
     fixed = [c for c in _EVENT_COLUMNS if c not in ("flags", "patient_count")]
-    values: list[ColumnElement[Any]] = [
-        func.coalesce(bindparam(f"ev_{c}", type_=String()), used)
-        if c == "assertion_id"
-        else bindparam(f"ev_{c}", type_=audit_event.c[c].type)
-        for c in fixed
-    ]
+    values: list[ColumnElement[Any]] = [bindparam(f"ev_{c}", type_=audit_event.c[c].type) for c in fixed]
     flags = func.nullif(
         func.concat_ws(
             ",",
