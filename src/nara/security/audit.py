@@ -292,24 +292,35 @@ def read_with_record(stmt: Select[Any], access_type: Any, assertion: Any) -> Sel
     identity looked up as in ``record`` (R-ID-3). The result has the read's columns and ``audit_seq``, the
     record's number (None when the row was deleted or not found: nothing is recorded then)."""
     read = stmt.cte("nara_read")
-    kind: ColumnElement[str] = access_type(read.c)
-    used: ColumnElement[str] = assertion(read.c, kind)
-    protected = exists().where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id == read.c.patient_id)
+    # The live row's access type and protected identity, computed once (a CTE read twice is materialized).
+    typed = (
+        select(
+            read.c.patient_id,
+            read.c.owner_org,
+            read.c.owner_unit,
+            access_type(read.c).label("kind"),
+            exists()
+            .where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id == read.c.patient_id)
+            .label("protected"),
+        )
+        .where(not_(read.c.deleted))
+        .cte("nara_read_typed")
+    )
     fixed = [c for c in _EVENT_COLUMNS if c not in ("flags", "patient_count")]
     values: list[ColumnElement[Any]] = [bindparam(f"ev_{c}", type_=audit_event.c[c].type) for c in fixed]
     flags = func.nullif(
         func.concat_ws(
             ",",
             bindparam("ev_flags", type_=String()),
-            case((kind == "emergency", "emergency")),
-            case((protected, "protected-identity")),
+            case((typed.c.kind == "emergency", "emergency")),
+            case((typed.c.protected, "protected-identity")),
         ),
         "",
     )
-    patients = case((read.c.patient_id.is_not(None), 1), else_=0)
+    patients = case((typed.c.patient_id.is_not(None), 1), else_=0)
     event = (
         insert(audit_event)
-        .from_select([*fixed, "flags", "patient_count"], select(*values, flags, patients).where(not_(read.c.deleted)))
+        .from_select([*fixed, "flags", "patient_count"], select(*values, flags, patients).select_from(typed))
         .returning(audit_event.c.seq, audit_event.c.recorded_at)
         .cte("nara_read_event")
     )
@@ -318,15 +329,15 @@ def read_with_record(stmt: Select[Any], access_type: Any, assertion: Any) -> Sel
         select(
             event.c.seq,
             event.c.recorded_at,
-            read.c.patient_id,
-            read.c.owner_org,
-            read.c.owner_unit,
-            kind,
-            protected,
-            used,
+            typed.c.patient_id,
+            typed.c.owner_org,
+            typed.c.owner_unit,
+            typed.c.kind,
+            typed.c.protected,
+            assertion(typed.c, typed.c.kind),
         )
-        .select_from(event.join(read, true()))
-        .where(read.c.patient_id.is_not(None)),
+        .select_from(event.join(typed, true()))
+        .where(typed.c.patient_id.is_not(None)),
     )
     return select(*read.c, select(event.c.seq).scalar_subquery().label("audit_seq")).add_cte(
         access.cte("nara_read_access")
