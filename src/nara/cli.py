@@ -333,7 +333,11 @@ app.add_typer(audit_app, name="audit")
 def token(
     user: str | None = typer.Option(None, "--user", help="Staff HSA-id, or a citizen's personnummer"),
     assignment: str | None = typer.Option(None, "--assignment", help="Assignment (medarbetaruppdrag) HSA-id"),
-    patient: str | None = typer.Option(None, "--patient", help="For a proxy: the represented person's personnummer"),
+    patient: str | None = typer.Option(
+        None,
+        "--patient",
+        help="For a proxy: the represented person's personnummer; for staff: the launch patient's Patient id",
+    ),
     client: str | None = typer.Option(None, "--client", help="A system client id (client-credentials style token)"),
     scope: str | None = typer.Option(None, "--scope", help="SMART scopes (default by actor kind)"),
     other_units: bool = typer.Option(False, help="Staff: the active choice to see other units' data (R-ACC-2)"),
@@ -359,7 +363,17 @@ def token(
         assignment = _first_assignment(user, database_url)
     extra = {"other_units": True} if other_units else None
     print(
-        mint(signing_key(), user, "staff", audience=audience, assignment=assignment, scope=scope, ttl=ttl, extra=extra)
+        mint(
+            signing_key(),
+            user,
+            "staff",
+            audience=audience,
+            assignment=assignment,
+            patient=patient,
+            scope=scope,
+            ttl=ttl,
+            extra=extra,
+        )
     )
 
 

@@ -157,6 +157,39 @@ def test_smart_v2_scope_r_reads_by_id_and_s_searches(region: Region) -> None:
         assert c.get(f"Observation?patient={anna}").json()["total"] == 1
 
 
+def test_a_staff_token_with_only_patient_scopes_reaches_only_its_launch_patient(region: Region) -> None:
+    """A SMART app launched from the record for one patient carries patient/ scopes and the launch context
+    (claim ``patient``): it reaches that patient's data, within the policy, and no other patient's, even where
+    the staff member has a care relationship; without a launch patient, patient/ scopes reach no patient."""
+    anna, hidden = region.patients["anna"], region.patients["hidden"]  # both in care at the health centre
+    vc = region.staff["vc"]
+    hidden_obs = region.post(observation(hidden, "29463-7", 60.0), vc.token())["id"]
+    with region.as_(vc.token()) as c:
+        anna_obs = c.get(f"Observation?patient={anna}").json()["entry"][0]["resource"]["id"]
+        assert c.get(f"Observation/{hidden_obs}").status_code == 200  # user/ scopes: every patient in care
+
+    launched = vc.token(scope="openid fhirUser launch patient/*.rs", patient=anna)
+    with region.as_(launched) as c:
+        assert c.get(f"Observation/{anna_obs}").status_code == 200
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 1
+        assert c.get(f"Observation/{hidden_obs}").status_code == 403
+        assert c.get(f"Observation?patient={hidden}").json()["total"] == 0
+        assert hidden_obs not in c.get("Observation?_count=100").text
+        assert c.get(f"Organization/{VC}").status_code == 200  # the directory is no patient's data
+    writer = vc.token(scope="patient/*.cruds", patient=anna)
+    with region.as_(writer) as c:
+        ok = c.post("Observation", content=orjson.dumps(observation(anna, "29463-7", 71.0)), headers=JSON)
+        assert ok.status_code == 201, ok.text
+        other = c.post("Observation", content=orjson.dumps(observation(hidden, "29463-7", 61.0)), headers=JSON)
+        assert other.status_code == 403 and "launched" in other.text
+    with region.as_(vc.token(scope="patient/*.rs")) as c:  # no launch context
+        assert c.get(f"Observation/{anna_obs}").status_code == 403
+        assert c.get(f"Observation?patient={anna}").json()["total"] == 0
+    with region.as_(vc.token(scope="patient/*.rs", patient="no-such-patient")) as c:
+        refused = c.get(f"Observation/{anna_obs}")
+        assert refused.status_code == 403 and "launch patient" in refused.text
+
+
 def test_a_granular_scope_grants_nothing_rather_than_the_whole_type(region: Region) -> None:
     """SMART v2 scopes narrowed by a query (``?category=...``) are not enforced by Nära: such a scope must not
     grant the whole resource type."""

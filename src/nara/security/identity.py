@@ -201,15 +201,27 @@ class ActorResolver:
             rights=tuple(str(x) for x in rights if x),
             roles=tuple(str(x) for x in roles if x),
         )
+        # SMART launch context: the patient a launched app is for (binds patient/ scopes; see Policy.launch_bound).
+        launch = claims.get("patient")
+        if launch is not None and not _patient_exists(tx, launch):
+            raise FhirError(403, "forbidden", "The token's launch patient is not known")
         return Actor(
             kind="staff",
             subject=hsa,
             name=name.strip(),
             scopes=scopes,
+            patient=launch,
             practitioner=prac.res_id,
             assignment=a,
             other_units_chosen=bool(claims.get("other_units")),
         )
+
+
+def _patient_exists(tx: Tx, patient: Any) -> bool:
+    try:
+        return isinstance(patient, str) and tx.read_optional("Patient", patient) is not None
+    except FhirError:
+        return False  # not an id at all
 
 
 def care_provider_of(tx: Tx, org: Stored) -> tuple[Stored, str] | None:

@@ -268,6 +268,9 @@ class Policy:
         self.patient_facts: dict[str, list[Any]] = {}
         a = actor.assignment
         types = actor.scopes.readable_types()
+        # A staff token whose scopes are all patient/ (a SMART app launched from the record for one patient)
+        # reaches only that patient's data, the launch context (actor.patient; none: no patient's data).
+        self.launch_bound = actor.kind == "staff" and actor.scopes.patient_only()
         # Values bound late into the cached SQL filters (see ACTIVE_POLICY).
         self.values: dict[str, Any] = {
             "now": now,
@@ -287,6 +290,7 @@ class Policy:
             None if types is None else bool(types),
             rules_available,
             actor.patient is not None,
+            self.launch_bound,
         )
 
     @property
@@ -472,7 +476,11 @@ class Policy:
     @overload
     def _with_scope_types(self, a: Alias, cond: None) -> ColumnElement[bool] | None: ...
     def _with_scope_types(self, a: Alias, cond: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
-        """``cond`` (None: every row) limited to the resource types the token's scopes allow (late bound)."""
+        """``cond`` (None: every row) limited to the resource types the token's scopes allow and, for a staff token
+        with only patient/ scopes, to the launch patient's rows and rows of no patient (late bound)."""
+        if self.launch_bound:
+            launched = or_(a.c.patient_id.is_(None), a.c.patient_id == _late("patient"))
+            cond = launched if cond is None else and_(cond, launched)
         has_types = self.shape[6]
         if has_types is None:
             return cond
@@ -881,6 +889,8 @@ class Policy:
         """Raise 403 unless the actor may perform ``action`` (create/update/delete) on such a resource."""
         actor = self.actor
         actor.scopes.require(rtype, action)
+        if self.launch_bound and patient_id is not None and patient_id != actor.patient:
+            raise FhirError(403, "forbidden", "The token's patient/ scopes reach only the patient it was launched for")
         current = None
         if rtype == "Consent" and action in ("update", "delete"):
             current = self._check_consent_change(tx, action, body)  # business rules that bind every writer

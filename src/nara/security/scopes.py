@@ -51,6 +51,10 @@ class Scopes:
         letter = ACTIONS.get(action, "r")
         return any(t in ("*", rtype) and letter in perms for _ctx, t, perms in self.grants)
 
+    def patient_only(self) -> bool:
+        """Whether every grant is in the ``patient/`` context (a SMART app launched for one patient)."""
+        return bool(self.grants) and all(ctx == "patient" for ctx, _t, _perms in self.grants)
+
     def readable_types(self) -> frozenset[str] | None:
         """Resource types the scopes allow reading (None: every type)."""
         types = set()
