@@ -17,7 +17,7 @@ from nara.demo.names import FEMALE, MALE, STREETS, SURNAMES, generation
 from nara.demo.organisation import RegionDirectory
 from nara.demo.personnummer import PersonnummerPool
 from nara.demo.regions import AGE_BANDS, MALE_SHARE, Municipality, RegionConfig
-from nara.fhir.identifiers import parse_personal_identity
+from nara.fhir.identifiers import age_on, parse_personal_identity
 
 PROTECTED_SHARE = 0.002  # sekretessmarkering / skyddad folkbokföring, roughly the national share
 
@@ -52,7 +52,7 @@ class Person:
     scenario: dict[str, object] = field(default_factory=dict)
 
     def age_on(self, day: date) -> int:
-        return day.year - self.birth.year - ((day.month, day.day) < (self.birth.month, self.birth.day))
+        return age_on(self.birth, day)
 
 
 def scaled_counts(config: RegionConfig, patients: int) -> dict[str, int]:

@@ -77,8 +77,12 @@ class PersonalIdentity:
         return {"system": self.system, "value": self.value}
 
     def age_on(self, day: date) -> int:
-        years = day.year - self.birth_date.year
-        return years - ((day.month, day.day) < (self.birth_date.month, self.birth_date.day))
+        return age_on(self.birth_date, day)
+
+
+def age_on(birth: date, day: date) -> int:
+    """Whole years from ``birth`` to ``day`` (a birthday on ``day`` counts)."""
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
 
 
 def parse_personal_identity(raw: str, *, today: date | None = None) -> PersonalIdentity:

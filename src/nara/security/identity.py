@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import utcnow
-from nara.fhir.identifiers import HSA_ID, HSA_ID_RIV, is_valid_personal_identity
+from nara.fhir.identifiers import HSA_ID, HSA_ID_RIV, age_on, is_valid_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security.actors import Actor, Assignment
 from nara.security.rules import PERSONNUMMER, SAMORDNINGSNUMMER, ref_id
@@ -49,10 +49,6 @@ def by_identifier(tx: Tx, rtype: str, systems: tuple[str, ...], value: str) -> S
         if st is not None:
             return st
     return None
-
-
-def age_on(birth: date, today: date) -> int:
-    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
 
 
 class ActorResolver:
