@@ -149,6 +149,8 @@ def translate_db_error(exc: DBAPIError) -> FhirError:
         return FhirError(503, "too-costly", "The request took too long and was cancelled; nothing was changed")
     if "deadlock" in text or "could not serialize" in text or "database is locked" in text:
         return FhirError(503, "transient", "The database was busy; nothing was changed, retry the request")
-    if exc.connection_invalidated or isinstance(exc, OperationalError):
+    # SQLite reports a missing table or column as an OperationalError too: a fault of the schema, not the connection.
+    schema_fault = any(sign in text for sign in ("no such table", "no such column", "syntax error"))
+    if exc.connection_invalidated or (isinstance(exc, OperationalError) and not schema_fault):
         return FhirError(503, "transient", "The database connection failed; nothing was changed")
     return FhirError(500, "exception", "A database error occurred; nothing was changed")
