@@ -370,20 +370,8 @@ def test_r_log_4_a_review_on_the_command_line_is_logged_against_each_patient_it_
     """``nara audit review`` shows the operator the accesses of many patients: one record of the operator naming
     each listed patient (access type log-review), as the API's $log-review does."""
     from nara.security import audit
-    from nara.security.actors import Actor, Assignment
+    from tests.security.test_audit_commit import NURSE as nurse
 
-    unit = Assignment(
-        id="SE2321000032-PNURSE-U",
-        role_id="role-nurse",
-        unit="SE2321000032-VC",
-        unit_name="Vårdcentralen",
-        provider="SE2321000032-REG",
-        provider_name="Region Örebro län",
-        provider_kind="vardgivare",
-        purpose="Vård och behandling",
-        rights=("Läsa;alla;VE",),
-    )
-    nurse = Actor(kind="staff", subject="SE2321000032-PNURSE", assignment=unit)
     with store.transaction() as tx:
         for pid in ("p-one", "p-two"):
             audit.record(tx.conn, audit.AuditRecord("read", "permit", nurse, "Patient", pid, f"GET Patient/{pid}",

@@ -22,7 +22,12 @@ from nara.security.audit_commit import GroupCommit
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
-from nara.security.rules import protected_by_label, without_protected_address, without_staff_private_data
+from nara.security.rules import (
+    may_be_protected,
+    protected_by_label,
+    without_protected_address,
+    without_staff_private_data,
+)
 from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
@@ -64,7 +69,7 @@ def redact(st: Stored) -> Stored:
         return _shown(st, without_staff_private_data)
     if st.res_type != "Patient":
         return st
-    if "sekretessmarkering" not in st.content and "skyddadFolkbokforing" not in st.content:
+    if not may_be_protected(st.content):
         return st
     return _shown(st, without_protected_address)
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from nara.security import audit
 from nara.security.identity import HSA_SYSTEMS_, by_identifier
-from nara.security.rules import PERSONNUMMER, SAMORDNINGSNUMMER
+from nara.security.rules import is_personal_identifier
 from nara.security.schema import audit_access, audit_event
 from nara.store.crud import Tx
 
@@ -19,7 +19,7 @@ def _addr(a: dict[str, Any]) -> str:
 
 
 def _personal_numbers(res: dict[str, Any]) -> set[str]:
-    return {i["value"] for i in res.get("identifier", []) if i.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER)}
+    return {i["value"] for i in res.get("identifier", []) if is_personal_identifier(i)}
 
 
 def _surnames(res: dict[str, Any]) -> set[str]:

@@ -107,6 +107,12 @@ def is_protected(res: dict[str, Any]) -> bool:
     )
 
 
+def may_be_protected(content: str) -> bool:
+    """Whether a resource's JSON text could carry a protected-identity label (False: it certainly does not), a
+    cheap test before parsing it."""
+    return any(label in content for label in PROTECTED_LABELS)
+
+
 def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]:
     """The patients among ``patient_ids`` whose Patient resource carries a protected-identity label (R-ID-3), read
     from the resources themselves: for when the access-rule store (``pdl_rule``, where ``derive`` keeps the
@@ -123,7 +129,7 @@ def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]
         )
         for pid, content in rows:
             if isinstance(content, str):
-                if not any(label in content for label in PROTECTED_LABELS):
+                if not may_be_protected(content):
                     continue  # most patients: no need to parse
                 content = orjson.loads(content)
             if isinstance(content, dict) and is_protected(content):
@@ -157,7 +163,7 @@ def without_staff_private_data(res: dict[str, Any]) -> dict[str, Any]:
         return res
     ids = res.get("identifier")
     telecom = res.get("telecom")
-    public_ids = [i for i in ids if not _personal_identifier(i)] if isinstance(ids, list) else ids
+    public_ids = [i for i in ids if not is_personal_identifier(i)] if isinstance(ids, list) else ids
     work_telecom = (
         [t for t in telecom if not (isinstance(t, dict) and t.get("use") == "home")]
         if isinstance(telecom, list)
@@ -173,7 +179,8 @@ def without_staff_private_data(res: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def _personal_identifier(ident: Any) -> bool:
+def is_personal_identifier(ident: Any) -> bool:
+    """Whether an Identifier is a personnummer or samordningsnummer."""
     return isinstance(ident, dict) and ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER)
 
 
@@ -187,7 +194,7 @@ def block_custodians(res: dict[str, Any]) -> list[str]:
 
 def identifier_value(res: dict[str, Any]) -> str | None:
     for ident in res.get("identifier", []):
-        if ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER) and isinstance(ident.get("value"), str):
+        if is_personal_identifier(ident) and isinstance(ident.get("value"), str):
             return str(ident["value"])
     return None
 
