@@ -427,6 +427,32 @@ def test_r_blk_2_the_signal_answers_no_question_about_the_blocked_datas_content_
         assert not signalled(c.get(f"Observation?patient={anna}&code={blocked_code}").json())
 
 
+def test_r_blk_2_blocked_info_is_signalled_however_the_search_names_the_patient(region: Region) -> None:
+    """The signal follows the patients the search names, as the audit record reads them: in a form-encoded
+    POST _search, in a list of several patients, as a reference ``Patient/X``, or as a Patient search's _id."""
+    anna, child = region.patients["anna"], region.patients["child"]
+    with_consent_for(region, HSV)
+    block(region, VC)
+    with client(region, region.staff["hsv"].token()) as c:
+        answers = {
+            "GET one patient": signalled(c.get(f"Observation?patient={anna}").json()),
+            "POST _search": signalled(
+                c.post(
+                    "Observation/_search",
+                    content=f"patient={anna}",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                ).json()
+            ),
+            "a list of patients": signalled(c.get(f"Observation?patient={child},{anna}").json()),
+            "subject as a reference": signalled(c.get(f"Observation?subject=Patient/{anna}").json()),
+            "Patient?_id": signalled(c.get(f"Patient?_id={anna}").json()),
+        }
+        # Another type's _id names a resource, not a patient: Anna's id there asks about no patient.
+        other_type = signalled(c.get(f"Observation?_id={anna}").json())
+    assert set(answers.values()) == {True}, answers
+    assert other_type is False
+
+
 def test_r_blk_2_the_block_consent_tells_only_the_custodians_staff_where_blocked_data_is(region: Region) -> None:
     """The block Consent names the blocked unit; other staff in care must not read it (they learn where only
     through $break-block), while the custodian's staff read it to lift the block at the patient's request."""

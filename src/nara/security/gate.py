@@ -356,7 +356,7 @@ class Gate:
             tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside, logs_shown=out.logs_shown
         )
         if action == "search" and rtype is not None and isinstance(out.body, dict):
-            self.signal_blocked(tx, req, out.body)
+            self.signal_blocked(tx, req, rtype, out.body)
 
     def _outside_care(self, tx: Tx, req: Any, rtype: str | None) -> list[str]:
         """The patients a staff member's patient-scoped search asked about without a care relationship or an
@@ -369,14 +369,15 @@ class Gate:
         # Judged only where the search read the patient's rules (a pinned search in care); None: not read.
         return [p for p in _searched_patients(req, rtype) if policy.relation_read(p) is False]
 
-    def signal_blocked(self, tx: Tx, req: Any, bundle: dict[str, Any]) -> None:
-        """Tell the user that blocked information exists, without saying where (R-BLK-2)."""
+    def signal_blocked(self, tx: Tx, req: Any, rtype: str, bundle: dict[str, Any]) -> None:
+        """Tell the user that blocked information exists, without saying where (R-BLK-2), for the patients the
+        search names (``_searched_patients``: as the audit record reads them)."""
         policy: Policy = tx.policy
         actor = policy.actor
         a = actor.assignment
         if actor.kind != "staff" or a is None or not policy.rules_available:
             return
-        patients = {v.split("/")[-1] for k, v in req.query if k.split(":")[0] in ("patient", "subject", "_id")}
+        patients = set(_searched_patients(req, rtype))
         if not patients:
             return
         known = [policy.patient_facts[p] for p in patients if p in policy.patient_facts]
