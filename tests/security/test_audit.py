@@ -563,6 +563,26 @@ def test_r_log_1_a_denial_names_the_patient_and_a_refused_batch_entry_is_one_too
         assert d.patient_count == 1 and "not allowed" in (d.reason or "")
 
 
+def test_r_log_1_a_refused_search_names_every_patient_it_asked_about(region: Region, store: Store) -> None:
+    """A refused search's denial names the patients as a permitted search's record would: each of a list, and
+    those of a form-encoded POST _search, so that a log review of each patient finds the attempt."""
+    anna, child = region.patients["anna"], region.patients["child"]
+    read_only = region.staff["vc"].token(scope="user/Observation.r")  # reads by id, may not search
+    with region.as_(read_only) as c:
+        assert c.get(f"Observation?patient={anna},Patient/{child}").status_code == 403
+        form = c.post(
+            "Observation/_search",
+            content=f"subject=Patient/{child}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 403
+    denials = events(store, user_id=region.staff["vc"].hsa, outcome="deny")
+    assert [d.action for d in denials] == ["search", "search"]
+    named = [sorted((a.patient_id, a.access_type) for a in accesses(store, d.seq)) for d in denials]
+    assert named == [sorted([(anna, "denied"), (child, "denied")]), [(child, "denied")]]
+    assert [d.patient_count for d in denials] == [2, 1]
+
+
 def test_r_log_1_a_conditional_update_of_a_hidden_resource_is_a_logged_denial_not_a_conflict(
     region: Region, store: Store
 ) -> None:

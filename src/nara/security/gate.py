@@ -8,7 +8,7 @@ before the response is sent, audits every write through a store hook, and logs d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,9 @@ from nara.store.store import Store
 
 log = logging.getLogger("nara.security")
 READ_ACTIONS = {"GET": "read", "HEAD": "read"}
+# A refused search's denial names at most this many of the patients it asked about (a form body may list many
+# more than any permitted search takes; the record names the first ones, and the request line says what it was).
+MAX_DENIED_PATIENTS = 1000
 
 
 @dataclass
@@ -265,21 +268,21 @@ class Gate:
         body = req.body if req.method.upper() == "PUT" else None
         if rid is None and rtype and isinstance(body, dict) and isinstance(body.get("id"), str):
             rid = body["id"][:64]  # a conditional update naming the resource it would write
-        patient: str | None = None
+        patients: list[str] = []
         if rtype == "Patient" and rid:
-            patient = rid
+            patients = [rid]
         elif rtype and rid:
             try:
                 with self.store.transaction(write=False) as tx:
                     found = tx.conn.execute(
                         select(resource.c.patient_id).where(resource.c.res_type == rtype, resource.c.res_id == rid)
                     ).first()
-                patient = found.patient_id if found is not None else None
+                patients = [found.patient_id] if found is not None and found.patient_id else []
             except FhirError:
-                patient = None
+                patients = []
         else:
-            asked = [v for k, v in req.query if k.split(":")[0] in ("patient", "subject")]
-            patient = asked[0].split("/")[-1][:64] if len(asked) == 1 and "," not in asked[0] else None
+            # Every patient a refused search names (URL, form body, lists), as a permitted search's record reads them.
+            patients = _searched_patients(req, rtype)[:MAX_DENIED_PATIENTS]
         self.audit_denial(
             actor,
             interaction_kind(req.method.upper(), req.path) or req.method.lower(),
@@ -287,7 +290,7 @@ class Gate:
             error,
             rtype,
             rid,
-            patient,
+            patients,
         )
 
     def audit_denial(
@@ -298,11 +301,11 @@ class Gate:
         error: FhirError,
         resource_type: str | None = None,
         resource_id: str | None = None,
-        patient_id: str | None = None,
+        patients: Sequence[str] = (),
     ) -> None:
         try:
             with self.store.transaction() as tx:
-                accesses = [audit.Access(patient_id, None, None, "denied")] if patient_id else []
+                accesses = [audit.Access(p, None, None, "denied") for p in patients]
                 audit.record(
                     tx.conn,
                     audit.AuditRecord(
