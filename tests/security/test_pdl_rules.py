@@ -683,6 +683,101 @@ def test_citizen_writes_only_own_self_measurements(region: Region) -> None:
         assert c.post("Condition", content=orjson.dumps(cond), headers=JSON).status_code == 403
 
 
+PATAST = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PATAST"}
+
+
+def labels(res: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(c.get("system"), c.get("code")) for c in res.get("meta", {}).get("security", [])]
+
+
+def test_citizen_changes_only_what_she_entered_herself_not_an_integrations_data(region: Region) -> None:
+    """Data with no owner unit is also what a system client (an integration, a lab) wrote. A citizen's own entries
+    carry the patient-asserted label (set by Nära on every citizen or proxy write, never taken from a staff
+    member's body), and only those she may change or delete."""
+    anna = region.patients["anna"]
+    citizen = token(region.pnr["anna"], "citizen")
+    lab = region.post(observation(anna, "2345-7", 5.5, "from the lab system"))  # system client: no owner
+    with client(region, citizen) as c:
+        mine = c.post("Observation", content=orjson.dumps(observation(anna, "29463-7", 71.2)), headers=JSON).json()
+        assert (PATAST["system"], PATAST["code"]) in labels(mine)
+        assert c.get(f"Observation/{lab['id']}").status_code == 200  # she reads the lab's result
+        changed = c.put(
+            f"Observation/{lab['id']}",
+            content=orjson.dumps({**observation(anna, "2345-7", 1.0, "mine now"), "id": lab["id"]}),
+            headers=JSON,
+        )
+        assert changed.status_code == 403 and "registered themselves" in changed.text
+        assert c.delete(f"Observation/{lab['id']}").status_code == 403
+        patch = [{"op": "replace", "path": "/valueQuantity/value", "value": 1.0}]
+        patched = c.patch(
+            f"Observation/{lab['id']}",
+            content=orjson.dumps(patch),
+            headers={"Content-Type": "application/json-patch+json"},
+        )
+        assert patched.status_code == 403
+        # Her own entry she changes (the label stays, even when her body leaves it out) and deletes.
+        again = c.put(
+            f"Observation/{mine['id']}",
+            content=orjson.dumps({**observation(anna, "29463-7", 70.9), "id": mine["id"]}),
+            headers=JSON,
+        )
+        assert again.status_code == 200 and (PATAST["system"], PATAST["code"]) in labels(again.json())
+        assert c.delete(f"Observation/{mine['id']}").status_code in (200, 204)
+    with client(region, region.staff["vc"].token()) as s:
+        assert s.get(f"Observation/{lab['id']}").json()["valueQuantity"]["value"] == 5.5
+        # A staff member cannot claim the patient entered something: the label is removed from staff writes.
+        forged = {**observation(anna, "8867-4", 60.0), "meta": {"security": [PATAST]}}
+        stored = s.post("Observation", content=orjson.dumps(forged), headers=JSON).json()
+        assert (PATAST["system"], PATAST["code"]) not in labels(stored)
+
+
+def test_a_writer_may_not_change_what_the_policy_hides_from_them(region: Region) -> None:
+    """Update, patch and delete first read the current version under the policy: what the writer may not read is
+    refused as a read is (403), before any version check, label or business rule could tell about it. A citizen
+    could otherwise replace an integration's result marked not for the patient and then read its history."""
+    anna, hidden = region.patients["anna"], region.patients["hidden"]
+    secret = observation(anna, "2345-7", 9.9, "not for the patient yet")
+    secret["meta"] = {"security": [{"system": f"{NARA}/CodeSystem/security", "code": "not-for-patient"}]}
+    sid = region.post(secret)["id"]  # an integration's, no owner
+    citizen = token(region.pnr["anna"], "citizen")
+    body = {**observation(anna, "2345-7", 1.0, "overwritten"), "id": sid}
+    with client(region, citizen) as c:
+        assert c.get(f"Observation/{sid}").status_code == 403
+        assert c.put(f"Observation/{sid}", content=orjson.dumps(body), headers=JSON).status_code == 403
+        assert c.delete(f"Observation/{sid}").status_code == 403
+        assert "not for the patient yet" not in c.get(f"Observation/{sid}/_history").text
+    vc_obs = region.data["vc"]  # type: ignore[attr-defined]
+    tom = region.staff["tom"]  # no care relationship with Anna
+    with client(region, tom.token()) as c:
+        stale = c.put(
+            f"Observation/{vc_obs}",
+            content=orjson.dumps({**observation(anna, "29463-7", 1.0), "id": vc_obs}),
+            headers={**JSON, "If-Match": 'W/"99"'},
+        )
+        assert stale.status_code == 403 and "version" not in stale.text  # not 412 "is at version 1"
+        patch = [{"op": "replace", "path": "/valueQuantity/value", "value": 1.0}]
+        patched = c.patch(
+            f"Observation/{vc_obs}",
+            content=orjson.dumps(patch),
+            headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"99"'},
+        )
+        assert patched.status_code == 403 and "version" not in patched.text
+        # A patient with protected identity: the same answer as for any patient out of reach (R-ID-3).
+        moved = {"resourceType": "Patient", "id": hidden, "address": [{"city": "Kiruna"}]}
+        plain = {"resourceType": "Patient", "id": anna, "address": [{"city": "Kiruna"}]}
+        answers = [
+            c.put(f"Patient/{pid}", content=orjson.dumps(b), headers=JSON)
+            for pid, b in ((hidden, moved), (anna, plain))
+        ]
+        assert [a.status_code for a in answers] == [403, 403]
+        assert "protected" not in answers[0].text and answers[0].json()["issue"][0]["diagnostics"].replace(
+            hidden, "X"
+        ) == answers[1].json()["issue"][0]["diagnostics"].replace(anna, "X")
+    with client(region, region.staff["vc"].token()) as s:
+        assert s.get(f"Observation/{vc_obs}").json()["valueQuantity"]["value"] == 70.0
+        assert s.get(f"Observation/{sid}").json()["valueQuantity"]["value"] == 9.9
+
+
 def test_guardian_sees_child_until_thirteen(region: Region, store: Store) -> None:
     guardian = region.pnr["guardian"]
     region.post(observation(region.patients["child"], "29463-7", 30.0), region.staff["vc"].token())
@@ -814,8 +909,10 @@ def test_r_blk_1_staff_register_and_lift_blocks_only_on_their_own_providers_data
         assert own.status_code == 201, own.text
     lifted = {**own.json(), "status": "inactive"}
     with client(region, region.staff["hsv"].token()) as c:
+        # The block Consent names the health centre, so it is hidden from her (R-BLK-2): refused as a read of it
+        # is, without a word about whose block it is.
         r = c.put(f"Consent/{lifted['id']}", content=orjson.dumps(lifted), headers=JSON)
-        assert r.status_code == 403 and "own care provider" in r.text
+        assert r.status_code == 403 and "is not allowed for this user" in r.text and VC not in r.text
     assert vc_obs not in visible(region, region.staff["hsv"].token())
     with client(region, region.staff["vc"].token()) as c:
         assert c.put(f"Consent/{lifted['id']}", content=orjson.dumps(lifted), headers=JSON).status_code == 200

@@ -67,7 +67,9 @@ from nara.security.rules import (
     block_custodians,
     consent_kind,
     is_protected,
+    patient_asserted,
     ref_id,
+    with_patient_asserted,
     without_protected_address,
 )
 from nara.security.schema import care_relation, pdl_rule
@@ -866,6 +868,15 @@ class Policy:
             )
         return {**body, **{k: current[k] for k in ADDRESS_ELEMENTS if k in current}}
 
+    def labelled_for_writer(self, res: dict[str, Any]) -> dict[str, Any]:
+        """``res`` as stored for this writer: a citizen's or proxy's write carries the patient-asserted label,
+        a staff member's never does (staff cannot claim the patient entered it), a system client's (an
+        integration bringing in home measurements, say) is stored as sent."""
+        actor = self.actor
+        if actor.policy_off or actor.kind == "system":
+            return res
+        return with_patient_asserted(res, actor.kind in ("citizen", "proxy"))
+
     def check_scope(self, rtype: str, action: str) -> None:
         """Raise 403 unless the token's SMART scopes allow ``action`` on ``rtype``: ``r`` reads by id (read, vread,
         a resource's history), ``s`` searches. A search of a type the scopes do not let the token read at all is
@@ -885,8 +896,12 @@ class Policy:
         body: dict[str, Any] | None,
         patient_id: str | None,
         existing_owner: tuple[str | None, str | None] | None,
+        existing: dict[str, Any] | None = None,
     ) -> None:
-        """Raise 403 unless the actor may perform ``action`` (create/update/delete) on such a resource."""
+        """Raise 403 unless the actor may perform ``action`` (create/update/delete) on such a resource.
+
+        ``existing_owner`` and ``existing`` are the owner and content of the version an update or delete
+        replaces (the content as the writer may read it; None where there is none to read)."""
         actor = self.actor
         actor.scopes.require(rtype, action)
         if self.launch_bound and patient_id is not None and patient_id != actor.patient:
@@ -913,7 +928,10 @@ class Policy:
                     raise FhirError(
                         403, "forbidden", "A guardian or representative cannot block the patient's data (R-BLK-4)"
                     )
-            if existing_owner is not None and existing_owner != (None, None):
+            # Data with no owner is also an integration's: only what carries the patient-asserted label is theirs.
+            if existing_owner is not None and (
+                existing_owner != (None, None) or existing is None or not patient_asserted(existing)
+            ):
                 raise FhirError(403, "forbidden", "Citizens can change only what they registered themselves")
             return
         a = actor.assignment

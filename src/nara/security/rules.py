@@ -107,6 +107,42 @@ def is_protected(res: dict[str, Any]) -> bool:
     )
 
 
+# The security label of data the patient (or a proxy) entered: HL7's integrity label "patient asserted". Nära
+# sets it on every citizen or proxy write and removes it from staff writes; a citizen changes only data with it.
+PATIENT_ASSERTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+PATIENT_ASSERTED = "PATAST"
+
+
+def _is_patient_asserted(coding: Any) -> bool:
+    return (
+        isinstance(coding, dict)
+        and coding.get("system") == PATIENT_ASSERTED_SYSTEM
+        and coding.get("code") == PATIENT_ASSERTED
+    )
+
+
+def patient_asserted(res: dict[str, Any]) -> bool:
+    """Whether ``res`` carries the label of data the patient entered."""
+    meta = res.get("meta")
+    labels = meta.get("security") if isinstance(meta, dict) else None
+    return isinstance(labels, list) and any(_is_patient_asserted(c) for c in labels)
+
+
+def with_patient_asserted(res: dict[str, Any], asserted: bool) -> dict[str, Any]:
+    """``res`` with the patient-asserted label set (``asserted``) or removed; its other labels as they were."""
+    meta = dict(res["meta"]) if isinstance(res.get("meta"), dict) else {}
+    if patient_asserted(res) == asserted or not isinstance(meta.get("security", []), list):
+        return res  # as it is (a malformed meta.security is left to validation)
+    labels = [c for c in meta.get("security") or [] if not _is_patient_asserted(c)]
+    if asserted:
+        labels.append({"system": PATIENT_ASSERTED_SYSTEM, "code": PATIENT_ASSERTED, "display": "patient asserted"})
+    if labels:
+        meta["security"] = labels
+    else:
+        meta.pop("security", None)
+    return {**res, "meta": meta}
+
+
 def may_be_protected(content: str) -> bool:
     """Whether a resource's JSON text could carry a protected-identity label (False: it certainly does not), a
     cheap test before parsing it."""

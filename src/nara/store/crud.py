@@ -121,6 +121,11 @@ def _ensure_id(rid: str) -> None:
         raise invalid(f"Invalid resource id {rid[:80]!r}: 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")
 
 
+def _hidden(rtype: str, rid: str) -> FhirError:
+    """The answer about a resource that exists but that the policy hides from the user (a read's, a write's)."""
+    return FhirError(403, "forbidden", f"Access to {rtype}/{rid} is not allowed for this user and assignment")
+
+
 def parse_etag(value: str) -> int:
     v = value.strip()
     if v.startswith("W/"):
@@ -233,8 +238,24 @@ class Tx:
     def _hidden_or_missing(self, rtype: str, rid: str) -> NoReturn:
         """Raise 403 when the resource exists but the policy hides it, else 404."""
         if self.policy is not None and self._current(rtype, rid) is not None:
-            raise FhirError(403, "forbidden", f"Access to {rtype}/{rid} is not allowed for this user and assignment")
+            raise _hidden(rtype, rid)
         raise not_found(f"{rtype}/{rid} is not known")
+
+    def _current_as_seen(self, cur: Any, rtype: str, rid: str) -> dict[str, Any] | None:
+        """The current content of ``cur`` (a row of ``_current``) as the policy lets this writer read it: a writer
+        changes only what it may read, and learns nothing else about it first (its version, its labels); 403
+        otherwise, as a read answers. None without a policy, or when the resource is deleted."""
+        if self.policy is None or cur.deleted:
+            return None
+        content = self.conn.execute(
+            select(json_out(resource.c.content, self.pg)).where(
+                resource.c.rid == cur.rid, *self.visible(resource, rtype)
+            )
+        ).scalar()
+        if content is None:
+            raise _hidden(rtype, rid)
+        loaded: dict[str, Any] = orjson.loads(content)
+        return loaded
 
     def read(self, rtype: str, rid: str) -> Stored:
         _ensure_type(rtype)
@@ -308,6 +329,8 @@ class Tx:
         meta["lastUpdated"] = instant(now)
         res = {"resourceType": rtype, "id": rid, "meta": meta}
         res.update((k, v) for k, v in body.items() if k not in res)
+        if self.policy is not None:
+            res = self.policy.labelled_for_writer(res)
         if self.validate:
             validation.check(res)
         try:
@@ -480,25 +503,26 @@ class Tx:
             if if_match is not None:
                 raise FhirError(412, "conflict", f"If-Match given but {rtype}/{rid} does not exist")
             return self._insert(body, rtype, rid, "PUT")
+        existing = self._current_as_seen(cur, rtype, rid)
         if if_match is not None and parse_etag(if_match) != cur.version:
             raise FhirError(
                 412, "conflict", f"Version conflict: {rtype}/{rid} is at version {cur.version}, not {if_match}"
             )
-        return self._replace(cur, body, rtype, rid, "PUT")
+        return self._replace(cur, body, rtype, rid, "PUT", existing)
 
-    def _replace(self, cur: Any, body: Any, rtype: str, rid: str, method: str) -> WriteResult:
-        if self.policy is not None and rtype == "Patient" and isinstance(body, dict) and not cur.deleted:
-            stored = self.conn.execute(
-                select(json_out(resource.c.content, self.pg)).where(resource.c.rid == cur.rid)
-            ).scalar_one()
-            body = self.policy.keep_protected_address(rtype, orjson.loads(stored), body)
+    def _replace(
+        self, cur: Any, body: Any, rtype: str, rid: str, method: str, existing: dict[str, Any] | None
+    ) -> WriteResult:
+        """A new version of ``cur``; ``existing`` is its current content as the writer may read it."""
+        if self.policy is not None and existing is not None and isinstance(body, dict):
+            body = self.policy.keep_protected_address(rtype, existing, body)
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
         res, text = self._prepare(body, rtype, rid, version, now)
         rows, patient, mask = self._index(res)
         owner_org, owner_unit = self._owner(cur)
         if self.policy is not None:
-            self.policy.check_write(self, "update", rtype, res, patient, (cur.owner_org, cur.owner_unit))
+            self.policy.check_write(self, "update", rtype, res, patient, (cur.owner_org, cur.owner_unit), existing)
         self._archive(cur.rid)
         result = self.conn.execute(
             update(resource)
@@ -538,15 +562,17 @@ class Tx:
                 if cur is None
                 else FhirError(410, "deleted", f"{rtype}/{rid} was deleted")
             )
+        existing = self._current_as_seen(cur, rtype, rid)
         if if_match is not None and parse_etag(if_match) != cur.version:
             raise FhirError(412, "conflict", f"Version conflict: {rtype}/{rid} is at version {cur.version}")
-        current = self.read(rtype, rid).resource()
-        if self.policy is not None:
-            current = self.policy.shown_for_writing(rtype, current)
+        if existing is None or self.policy is None:
+            current = self.read(rtype, rid).resource()
+        else:
+            current = self.policy.shown_for_writing(rtype, existing)
         patched = _apply_patch(current, patch)
         if not isinstance(patched, dict) or patched.get("id") != rid or patched.get("resourceType") != rtype:
             raise FhirError(422, "processing", "JSON Patch must not change resourceType or id")
-        return self._replace(cur, patched, rtype, rid, "PATCH")
+        return self._replace(cur, patched, rtype, rid, "PATCH", existing)
 
     def delete(self, rtype: str, rid: str) -> WriteResult:
         _ensure_type(rtype)
@@ -556,8 +582,11 @@ class Tx:
             raise not_found(f"{rtype}/{rid} is not known")
         if cur.deleted:
             return WriteResult(204, None, unchanged=True)
+        existing = self._current_as_seen(cur, rtype, rid)
         if self.policy is not None:
-            self.policy.check_write(self, "delete", rtype, None, cur.patient_id, (cur.owner_org, cur.owner_unit))
+            self.policy.check_write(
+                self, "delete", rtype, None, cur.patient_id, (cur.owner_org, cur.owner_unit), existing
+            )
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
         self._archive(cur.rid)
