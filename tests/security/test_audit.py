@@ -24,7 +24,7 @@ from nara.security.schema import audit_access, audit_event, audit_review, drop_g
 from nara.server.app import create_app
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
-from tests.security.region import AVD, HSV, JSON, VC, Region, actor, build_region, consent, observation
+from tests.security.region import AVD, HSV, JSON, PNR, VC, Region, actor, build_region, consent, observation
 
 
 @pytest.fixture
@@ -583,6 +583,105 @@ def test_r_log_1_a_refused_search_names_every_patient_it_asked_about(region: Reg
     assert [d.patient_count for d in denials] == [2, 1]
 
 
+def named(store: Store, seq: int) -> list[tuple[str, str]]:
+    return sorted((a.patient_id, a.access_type) for a in accesses(store, seq))
+
+
+def test_r_log_1_a_count_names_the_patient_of_a_compartment_and_no_one_a_modifier_excludes(
+    region: Region, store: Store
+) -> None:
+    """A count about a patient tells about her data, so its record names her, also when the search names her by
+    its path (``Patient/X/Observation``). ``_id:not=X`` and ``patient:missing=true`` are not about X or "true"."""
+    anna = region.patients["anna"]
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        assert c.get(f"Patient/{anna}/Observation", params={"_summary": "count"}).json()["total"] >= 1
+        compartment = events(store, user_id=vc.hsa, action="search")[-1]
+        assert c.get("Patient", params={"_id:not": anna, "_summary": "count"}).json()["total"] >= 1
+        excluded = events(store, user_id=vc.hsa, action="search")[-1]
+        assert c.get("Observation", params={"patient:missing": "true", "_summary": "count"}).status_code == 200
+        missing = events(store, user_id=vc.hsa, action="search")[-1]
+    assert named(store, compartment.seq) == [(anna, "count")]
+    assert named(store, excluded.seq) == []
+    assert named(store, missing.seq) == []
+
+
+def test_r_log_1_a_refused_create_and_a_refused_transaction_entry_name_their_patient(
+    region: Region, store: Store
+) -> None:
+    """A refused write names the patient its body is about (a create, an update-as-create), and a refused entry of
+    a transaction the patient that entry tried to reach, as a refused batch entry does."""
+    anna = region.patients["anna"]
+    obs = events(store, action="create")[-1].resource_id  # the fixture's Observation about Anna
+    tom = region.staff["tom"]  # no care relationship with Anna
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "GET", "url": f"Observation/{obs}"}}],
+    }
+    with region.as_(tom.token()) as c:
+        assert (
+            c.post("Observation", content=orjson.dumps(observation(anna, "8867-4", 60)), headers=JSON).status_code
+            == 403
+        )
+        new = {**observation(anna, "8867-4", 61), "id": "tom-new-1"}
+        assert c.put("Observation/tom-new-1", content=orjson.dumps(new), headers=JSON).status_code == 403
+        assert c.post("", content=orjson.dumps(transaction), headers=JSON).status_code == 403
+    denials = events(store, user_id=tom.hsa, outcome="deny")
+    assert [d.action for d in denials] == ["post", "put", "read"]
+    assert [named(store, d.seq) for d in denials] == [[(anna, "denied")]] * 3
+
+
+def test_r_log_1_a_transactions_conditional_create_that_finds_its_match_is_a_logged_read(
+    region: Region, store: Store
+) -> None:
+    """A conditional create that finds its match writes nothing and answers where the match is stored: a read of
+    it, logged as one (with the protected-identity flag of a protected patient, R-ID-3), in a transaction too."""
+    hidden = region.patients["hidden"]
+    vc = region.staff["vc"]
+    pnr = region.pnr["hidden"]
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "identifier": [{"system": PNR, "value": pnr}]},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={PNR}|{pnr}"},
+            }
+        ],
+    }
+    with region.as_(vc.token()) as c:
+        answer = c.post("", content=orjson.dumps(transaction), headers=JSON)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["entry"][0]["response"]["location"].startswith(f"Patient/{hidden}/")
+    read = events(store, user_id=vc.hsa, action="read")[-1]
+    assert named(store, read.seq) == [(hidden, "own-unit")]
+    assert "protected-identity" in (read.flags or "")
+
+
+def test_r_log_1_an_auditors_log_extract_is_a_log_review_and_the_log_follows_smart_scopes(
+    region: Region, store: Store
+) -> None:
+    """An auditor shown a patient's log extract reviewed her log (access type log-review, not own-unit); the
+    access log is read only with scopes that allow AuditEvent, as any resource is."""
+    anna = region.patients["anna"]
+    auditor = region.staff["audit"]
+    with region.as_(auditor.token()) as c:
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 200
+    extract = events(store, user_id=auditor.hsa, action="log-extract")[-1]
+    assert named(store, extract.seq) == [(anna, "log-review")]
+    with region.as_(auditor.token(scope="user/Observation.rs")) as c:
+        assert c.get("AuditEvent", params={"patient": anna}).status_code == 403
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 403
+        assert c.get("$log-review").status_code == 403
+    with region.as_(auditor.token(scope="user/AuditEvent.s")) as c:
+        assert c.get("AuditEvent", params={"patient": anna}).status_code == 200
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/Observation.rs")) as c:
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 403
+    with region.as_(token(region.pnr["anna"], "citizen", scope="patient/AuditEvent.rs")) as c:
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 200
+
+
 def test_r_log_1_a_conditional_update_of_a_hidden_resource_is_a_logged_denial_not_a_conflict(
     region: Region, store: Store
 ) -> None:
@@ -669,6 +768,37 @@ def test_r_log_4_a_search_about_a_patient_outside_care_is_logged_and_flagged_for
         items = audit.review_candidates(tx.conn, start, end, {}, {}, sample_rate=0.0, seed=1)
     flagged = {i.seq for i in items if "outside-care-relationship" in i.criteria}
     assert tried.seq in flagged and cared.seq not in flagged
+
+
+def test_r_log_4_an_attempt_outside_care_is_flagged_however_the_search_names_the_patient(
+    region: Region, store: Store
+) -> None:
+    """The flag and the denied access do not depend on how the search names the patient: by its compartment
+    path, in a list, by a full URL, at system level, or through $lastn and $everything."""
+    anna, child = region.patients["anna"], region.patients["child"]
+    tom = region.staff["tom"]  # no care relationship with Anna or the child
+    full = f"{str(region.fhir.base_url).rstrip('/')}/Patient/{anna}"
+    attempts = {
+        "compartment": (f"Patient/{anna}/Encounter", {}),
+        "list": ("Observation", {"patient": f"{anna},{child}"}),
+        "full URL": ("Observation", {"subject": full}),
+        "system level": ("", {"_type": "Observation", "patient": anna}),
+        "$lastn": ("Observation/$lastn", {"patient": anna}),
+    }
+    with region.as_(tom.token()) as c:
+        for what, (path, params) in attempts.items():
+            answer = c.get(path, params=params)
+            assert answer.status_code == 200 and not answer.json().get("total"), (what, answer.text)
+            tried = [e for e in events(store, user_id=tom.hsa) if e.outcome == "permit"][-1]
+            assert "outside-care-relationship" in (tried.flags or ""), what
+            expected = {(anna, "denied"), (child, "denied")} if what == "list" else {(anna, "denied")}
+            assert set(named(store, tried.seq)) == expected, what
+        # $everything on a patient out of reach is refused as a read of her is, and logged as a denial.
+        refused = c.get(f"Patient/{anna}/$everything")
+        assert refused.status_code == 403, refused.text
+        assert c.get("Patient/no-such-patient/$everything").status_code == 404
+    denial = events(store, user_id=tom.hsa, outcome="deny")[-1]
+    assert named(store, denial.seq) == [(anna, "denied")]
 
 
 def test_r_log_4_an_auditor_reading_a_patients_log_is_in_that_patients_extract(region: Region, store: Store) -> None:

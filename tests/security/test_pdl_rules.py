@@ -429,7 +429,8 @@ def test_r_blk_2_the_signal_answers_no_question_about_the_blocked_datas_content_
 
 def test_r_blk_2_blocked_info_is_signalled_however_the_search_names_the_patient(region: Region) -> None:
     """The signal follows the patients the search names, as the audit record reads them: in a form-encoded
-    POST _search, in a list of several patients, as a reference ``Patient/X``, or as a Patient search's _id."""
+    POST _search, in a list of several patients, as a reference ``Patient/X``, as a Patient search's _id, by a
+    compartment path, at system level, and in $everything and $lastn."""
     anna, child = region.patients["anna"], region.patients["child"]
     with_consent_for(region, HSV)
     block(region, VC)
@@ -446,6 +447,10 @@ def test_r_blk_2_blocked_info_is_signalled_however_the_search_names_the_patient(
             "a list of patients": signalled(c.get(f"Observation?patient={child},{anna}").json()),
             "subject as a reference": signalled(c.get(f"Observation?subject=Patient/{anna}").json()),
             "Patient?_id": signalled(c.get(f"Patient?_id={anna}").json()),
+            "compartment": signalled(c.get(f"Patient/{anna}/Observation").json()),
+            "system level": signalled(c.get("", params={"_type": "Observation", "patient": anna}).json()),
+            "$everything": signalled(c.get(f"Patient/{anna}/$everything").json()),
+            "$lastn": signalled(c.get("Observation/$lastn", params={"patient": anna}).json()),
         }
         # Another type's _id names a resource, not a patient: Anna's id there asks about no patient.
         other_type = signalled(c.get(f"Observation?_id={anna}").json())
@@ -776,6 +781,30 @@ def test_a_writer_may_not_change_what_the_policy_hides_from_them(region: Region)
     with client(region, region.staff["vc"].token()) as s:
         assert s.get(f"Observation/{vc_obs}").json()["valueQuantity"]["value"] == 70.0
         assert s.get(f"Observation/{sid}").json()["valueQuantity"]["value"] == 9.9
+
+
+def test_r_acc_1_history_and_versions_of_a_hidden_resource_are_refused_and_logged(region: Region, store: Store) -> None:
+    """A resource's history and its versions are read like the resource: where the policy hides it, 403 and a
+    logged denial naming its patient (an empty history or a 404 would tell it exists without logging the try)."""
+    anna = region.patients["anna"]
+    vc_obs = region.data["vc"]  # type: ignore[attr-defined]
+    tom = region.staff["tom"]  # no care relationship with Anna
+    with client(region, tom.token()) as c:
+        assert c.get(f"Observation/{vc_obs}/_history").status_code == 403
+        assert c.get(f"Observation/{vc_obs}/_history/1").status_code == 403
+        assert c.get(f"Observation/{vc_obs}/_history/7").status_code == 403  # not which versions exist
+        assert c.get("Observation/no-such-obs/_history").status_code == 404
+        assert c.get("Observation/no-such-obs/_history/1").status_code == 404
+    denials = audit_rows(store, user_id=tom.hsa, outcome="deny")
+    assert [d.action for d in denials] == ["history", "vread", "vread"]
+    with store.engine.connect() as conn:
+        for d in denials:
+            whose = conn.execute(select(audit_access.c.patient_id).where(audit_access.c.seq == d.seq)).all()
+            assert whose == [(anna,)]
+    with client(region, region.staff["vc"].token()) as c:  # in care: read as before
+        assert c.get(f"Observation/{vc_obs}/_history").json()["total"] == 1
+        assert c.get(f"Observation/{vc_obs}/_history/1").status_code == 200
+        assert c.get(f"Observation/{vc_obs}/_history/7").status_code == 404
 
 
 def test_guardian_sees_child_until_thirteen(region: Region, store: Store) -> None:

@@ -44,6 +44,9 @@ class FhirError(Exception):
         self.status = status
         self.issues = issues or [Issue("error", code, diagnostics, expression or [])]
         self.headers = headers or {}
+        # For a refusal (403) about part of a request (a transaction's entry): that part's request, whose denial
+        # the access log records once the request is over.
+        self.refused_request: Any = None
 
     @property
     def code(self) -> str:

@@ -16,6 +16,7 @@ import orjson
 from sqlalchemy import Alias, false, select
 
 from nara.fhir.outcome import FhirError
+from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
 from nara.security.actors import SYSTEM, Actor
 from nara.security.audit_commit import GroupCommit
@@ -263,10 +264,12 @@ class Gate:
 
     def audit_refused_request(self, actor: Actor, req: Any, error: FhirError) -> None:
         """The denial record of a refused request, naming the patient whose data it tried to reach, where the
-        request says it: the patient of the resource read or written, or the patient searched for."""
+        request says it: the patient of the resource read or written (as stored, else as the body says), or the
+        patients searched for."""
         rtype, rid = _target(req.path)
-        body = req.body if req.method.upper() == "PUT" else None
-        if rid is None and rtype and isinstance(body, dict) and isinstance(body.get("id"), str):
+        method = req.method.upper()
+        body = req.body if method in ("PUT", "POST") and isinstance(req.body, dict) else None
+        if method == "PUT" and rid is None and rtype and body and isinstance(body.get("id"), str):
             rid = body["id"][:64]  # a conditional update naming the resource it would write
         patients: list[str] = []
         if rtype == "Patient" and rid:
@@ -280,9 +283,13 @@ class Gate:
                 patients = [found.patient_id] if found is not None and found.patient_id else []
             except FhirError:
                 patients = []
+            if not patients and body is not None:
+                patients = _body_patient(body, rtype)  # an update-as-create
+        elif method == "POST" and rtype and body is not None and interaction_kind(method, req.path) is None:
+            patients = _body_patient(body, rtype)  # a create
         else:
             # Every patient a refused search names (URL, form body, lists), as a permitted search's record reads them.
-            patients = _searched_patients(req, rtype)[:MAX_DENIED_PATIENTS]
+            patients = _searched_patients(req)[:MAX_DENIED_PATIENTS]
         self.audit_denial(
             actor,
             interaction_kind(req.method.upper(), req.path) or req.method.lower(),
@@ -351,28 +358,28 @@ class Gate:
         rows = list(out.returned)
         counted: list[str] = []
         if action == "search" and not rows and isinstance(out.body, dict) and (out.body.get("total") or 0) > 0:
-            counted = _searched_patients(req, rtype)  # a count about a patient tells about the patient's data
-        outside = self._outside_care(tx, req, rtype) if action == "search" else []
+            counted = _searched_patients(req)  # a count about a patient tells about the patient's data
+        listing = action in ("search", "operation") and _is_searchset(out.body)  # a search, $everything, $lastn
+        outside = self._outside_care(tx, req) if listing else []
         if outside:
             flags.add("outside-care-relationship")  # asked about patients I have no care relationship with
         self.audit_interaction(
             tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside, logs_shown=out.logs_shown
         )
-        if action == "search" and rtype is not None and isinstance(out.body, dict):
-            self.signal_blocked(tx, req, rtype, out.body)
+        if listing:
+            self.signal_blocked(tx, req, out.body)
 
-    def _outside_care(self, tx: Tx, req: Any, rtype: str | None) -> list[str]:
-        """The patients a staff member's patient-scoped search asked about without a care relationship or an
-        emergency assertion at their unit (from the rules the search read; R-ACC-1). Their data was not shown;
-        the attempt is logged and flagged for the log review."""
+    def _outside_care(self, tx: Tx, req: Any) -> list[str]:
+        """The patients a staff member's search (or $everything, $lastn) asked about without a care relationship
+        or an emergency assertion at their unit (R-ACC-1). Their data was not shown; the attempt is logged and
+        flagged for the log review. The rules a pinned search read are reused; others are read here."""
         policy: Policy = tx.policy
         actor = policy.actor
-        if actor.kind != "staff" or actor.policy_off or not policy.rules_available:
+        if actor.kind != "staff" or actor.policy_off or actor.assignment is None or not policy.rules_available:
             return []
-        # Judged only where the search read the patient's rules (a pinned search in care); None: not read.
-        return [p for p in _searched_patients(req, rtype) if policy.relation_read(p) is False]
+        return [p for p in _searched_patients(req)[:MAX_DENIED_PATIENTS] if not policy.has_relation_with(tx, p)]
 
-    def signal_blocked(self, tx: Tx, req: Any, rtype: str, bundle: dict[str, Any]) -> None:
+    def signal_blocked(self, tx: Tx, req: Any, bundle: dict[str, Any]) -> None:
         """Tell the user that blocked information exists, without saying where (R-BLK-2), for the patients the
         search names (``_searched_patients``: as the audit record reads them)."""
         policy: Policy = tx.policy
@@ -380,7 +387,7 @@ class Gate:
         a = actor.assignment
         if actor.kind != "staff" or a is None or not policy.rules_available:
             return
-        patients = set(_searched_patients(req, rtype))
+        patients = set(_searched_patients(req))
         if not patients:
             return
         known = [policy.patient_facts[p] for p in patients if p in policy.patient_facts]
@@ -462,17 +469,44 @@ def _claimed_actor(claims: dict[str, Any]) -> Actor:
     )
 
 
-def _searched_patients(req: Any, rtype: str | None) -> list[str]:
-    """The patients a search names: by ``patient`` or ``subject`` (or ``_id`` of a Patient search)."""
-    names = ("patient", "subject", "_id") if rtype == "Patient" else ("patient", "subject")
+def _searched_patients(req: Any) -> list[str]:
+    """The patients a search (or an operation on a patient) names: the patient of a compartment path
+    (``Patient/X/Observation``, ``Patient/X/$everything``) and the values of ``patient`` and ``subject`` (bare or
+    with the type modifier ``:Patient``), or of ``_id`` in a search of Patient itself; a value or a list, in the
+    URL or a form-encoded POST _search body. A reference to another type, another modifier (``:not``,
+    ``:missing``) or a chain names no patient."""
+    parts = [p for p in req.path.strip("/").split("/") if p]
     found: list[str] = []
+    if len(parts) >= 3 and parts[0] == "Patient" and not parts[1].startswith(("$", "_")):
+        found.append(parts[1][:64])
+    names = ("patient", "subject", "_id") if parts in (["Patient"], ["Patient", "_search"]) else ("patient", "subject")
     for k, v in _search_parameters(req):
-        if k.split(":")[0] in names:
-            for one in v.split(","):
-                pid = one.split("/")[-1].strip()
-                if pid and pid not in found:
-                    found.append(pid[:64])
+        name, _, modifier = k.partition(":")
+        if name not in names or modifier not in ("", "Patient"):
+            continue
+        for one in v.split(","):
+            segments = one.strip().split("/")
+            if len(segments) > 1 and segments[-2] != "Patient":
+                continue  # a reference to another type (or to a version)
+            pid = segments[-1][:64]
+            if pid and pid not in found:
+                found.append(pid)
     return found
+
+
+def _body_patient(body: dict[str, Any], rtype: str) -> list[str]:
+    """The patient a refused create or update's body is about (its Patient compartment), if it says."""
+    if body.get("resourceType") != rtype or not isinstance(rtype, str):
+        return []
+    try:
+        patient = compartment_patient(body, extract(body))
+    except Exception:  # a body too broken to index names no one; the denial is still logged
+        return []
+    return [patient[:64]] if patient else []
+
+
+def _is_searchset(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("resourceType") == "Bundle" and body.get("type") == "searchset"
 
 
 def _search_parameters(req: Any) -> list[tuple[str, str]]:

@@ -363,10 +363,10 @@ class Policy:
             r.kind == "emergency" and self._mine(r) for r in rows
         )
 
-    def relation_read(self, patient: str) -> bool | None:
-        """Whether I have a relation with ``patient``, from the rules this request already read (None: not read)."""
-        rows = self.patient_facts.get(patient)
-        return None if rows is None else self._relation_in(rows)
+    def has_relation_with(self, tx: Tx, patient: str) -> bool:
+        """Whether I (staff) have a relation with ``patient``: a care relationship at my unit or an emergency
+        assertion of mine in force, from the rules this request read (read now if it did not)."""
+        return self._relation_in(self.patient_rules(tx, patient))
 
     def _current(self, r: Any) -> bool:
         return (r.starts is None or r.starts <= self.now) and (r.ends is None or r.ends >= self.now)

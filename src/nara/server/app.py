@@ -124,7 +124,7 @@ def _execute(store: Store, gate: Gate, actor: Actor, ctx: Context, req: FhirRequ
             return _run(store, ctx, req)
         except FhirError as exc:
             if exc.status == 403:
-                ctx.audit_denial(req, exc)
+                ctx.audit_denial(exc.refused_request or req, exc)  # a transaction's refused entry: that entry
                 raise
             if not gate.rules_unreadable(exc):
                 raise

@@ -224,7 +224,10 @@ class TransactionProcessor:
                 req.headers["if-none-exist"] = cond
                 found = self._match_one(rtype, cond, "ifNoneExist", f"{where}.ifNoneExist")
                 if found is not None:
-                    results[i] = Outcome(200, None, {}, found)  # nothing is written for this entry
+                    # Nothing is written for this entry; its answer names what is stored: a read, logged as one.
+                    results[i] = Outcome(200, None, {}, found, [found])
+                    if self.ctx.audit is not None:
+                        self.ctx.audit(self.tx, req, results[i])
                     return f"{rtype}/{found.res_id}"
             self.new_ids[i] = new_id()
         else:  # conditional update: the match decides the identity
@@ -271,7 +274,7 @@ class TransactionProcessor:
             n = getattr(e, "item", None)
             if n is None:
                 raise
-            raise _in_entry(e, plain[n], requests[plain[n]]) from None
+            raise self._refused(e, plain[n], requests[plain[n]]) from None
         for i, res in zip(plain, created, strict=True):
             results[i] = write_outcome(self.ctx, res)
 
@@ -287,7 +290,15 @@ class TransactionProcessor:
                 return write_outcome(self.ctx, res)
             return dispatch(self.tx, self.ctx, req)
         except FhirError as e:
-            raise _in_entry(e, i, req) from None
+            raise self._refused(e, i, req) from None
+
+    def _refused(self, e: FhirError, i: int, req: FhirRequest) -> FhirError:
+        """The error of entry ``i`` as the transaction's answer. A refused entry's denial is logged (after the
+        transaction, by the request's own handler) with the entry's request, so that it names the patient the
+        entry tried to reach (R-LOG-1)."""
+        if e.status == 403 and e.refused_request is None:
+            e.refused_request = req
+        return _in_entry(e, i, req)
 
     def _resolve_reference(self, ref: str) -> str | None:
         if ref in self.ids:

@@ -104,7 +104,7 @@ def everything(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
             raise FhirError(400, "invalid", f"Unknown resource type {bad[0]!r} in _type", ["_type"])
     engine = searcher(tx, ctx)
     if not engine.search(parse_search(ctx, "Patient", [("_id", rid), ("_total", "none")])).matches:
-        raise FhirError(404, "not-found", f"Patient/{rid} is not known")  # or not visible to the requester
+        tx.hidden_or_missing("Patient", rid)  # 403 when the policy hides the patient (logged as a denial), else 404
     result = engine.everything(
         rid,
         start=_date(pairs, "start"),

@@ -146,6 +146,8 @@ def _audit(
                 if "emergency" in flags
                 else "block-break"
                 if "block-break" in flags
+                else "log-review"
+                if action == "log-extract" and policy.actor.kind == "staff"  # an auditor shown the patient's log
                 else policy.access_type(None, None),  # e.g. citizen, proxy: who asked for the log extract
                 assertion_id=assertion,
             )
@@ -376,6 +378,7 @@ def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
     )
     if not allowed:
         raise FhirError(403, "forbidden", "The log extract is for the patient, their representative and auditors")
+    actor.scopes.require("AuditEvent", "search")  # the extract is the patient's AuditEvents
     start, end = _period(_params(req))
     rows = audit.extract(tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names)
     names = _unit_names(tx, {r.unit_id for r in rows if r.unit_id} | {r.provider_id for r in rows if r.provider_id})
@@ -595,16 +598,18 @@ def _event_with_accesses(r: Any, accesses: list[Any]) -> dict[str, Any]:
     return event
 
 
-def _require_auditor(tx: Tx) -> Actor:
+def _require_auditor(tx: Tx, action: str = "search") -> Actor:
+    """The actor, an auditor whose token's scopes allow ``action`` (read or search) on AuditEvent (403 otherwise)."""
     actor = _policy(tx).actor
     if not (actor.can_review_logs() or (actor.kind == "system" and actor.policy_off)):
         raise FhirError(403, "forbidden", "Reading the access log needs an auditor assignment (loggranskning)")
+    actor.scopes.require("AuditEvent", action)
     return actor
 
 
 def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Outcome:
     """``GET AuditEvent`` and ``GET AuditEvent/{seq}`` served from the log tables (auditors only)."""
-    _require_auditor(tx)
+    _require_auditor(tx, "search" if seq is None else "read")
     conds = []
     if seq is not None:
         if not seq.isdigit():

@@ -235,7 +235,7 @@ class Tx:
 
         return _READ_BY_ID.get(key, build)[1]
 
-    def _hidden_or_missing(self, rtype: str, rid: str) -> NoReturn:
+    def hidden_or_missing(self, rtype: str, rid: str) -> NoReturn:
         """Raise 403 when the resource exists but the policy hides it, else 404."""
         if self.policy is not None and self._current(rtype, rid) is not None:
             raise _hidden(rtype, rid)
@@ -268,7 +268,7 @@ class Tx:
         else:
             row = self.conn.execute(stmt, params).first()
         if row is None:
-            self._hidden_or_missing(rtype, rid)
+            self.hidden_or_missing(rtype, rid)
         st = Stored.from_row(row, rtype, rid)
         if st.deleted:
             raise FhirError(410, "deleted", f"{rtype}/{rid} was deleted", headers={"ETag": st.etag})
@@ -313,7 +313,16 @@ class Tx:
                 if st.deleted:
                     raise FhirError(410, "deleted", f"Version {version} of {rtype}/{rid} is a deletion")
                 return st
+        if self.policy is not None and self._current(rtype, rid) is not None and not self._seen(rtype, rid):
+            raise _hidden(rtype, rid)  # as a read of it answers (logged); not which versions exist
         raise not_found(f"Version {version} of {rtype}/{rid} is not known")
+
+    def _seen(self, rtype: str, rid: str) -> bool:
+        """Whether the policy lets this transaction's user see the resource's current row."""
+        q = select(resource.c.rid).where(
+            resource.c.res_type == rtype, resource.c.res_id == rid, *self.visible(resource, rtype)
+        )
+        return self.conn.execute(q).first() is not None
 
     # ---- writes --------------------------------------------------------------------------------
     def _prepare(self, body: Any, rtype: str, rid: str, version: int, now: datetime) -> tuple[dict[str, Any], str]:

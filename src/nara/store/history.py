@@ -108,12 +108,13 @@ def history(
     total = None
     if with_total:
         total = int(tx.conn.execute(select(func.count()).select_from(union_all(*parts).subquery())).scalar_one())
-    if rid is not None and not entries and not cursor:
-        known: object = tx.conn.execute(
+    if rtype is not None and rid is not None and not entries and not cursor:
+        # Nothing to show: a resource the policy hides answers 403 as a read of it does (logged), a missing one 404.
+        seen: object = tx.conn.execute(
             select(literal_column("1"))
             .select_from(resource)
-            .where(resource.c.res_type == rtype, resource.c.res_id == rid)
+            .where(resource.c.res_type == rtype, resource.c.res_id == rid, *tx.visible(resource, rtype))
         ).first()
-        if known is None:
-            raise FhirError(404, "not-found", f"{rtype}/{rid} is not known")
+        if seen is None:
+            tx.hidden_or_missing(rtype, rid)
     return HistoryPage(entries, total, _cursor(entries[-1]) if more and entries else None)
