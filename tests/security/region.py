@@ -152,6 +152,7 @@ def build_region(fhir: httpx.Client) -> Region:
     staff("hsvve", HSV, ["Läsa;alla;VE", "Skriva;alla;VE"])  # municipal nurse without SJF
     staff("qa", VC, ["Läsa;alla;VG"], purpose="Kvalitetssäkring")
     staff("audit", VC, ["Läsa;logg;VG"], purpose="Logggranskning", roles=("auditor",))
+    staff("auditkom", HSV, ["Läsa;logg;VG"], purpose="Logggranskning", roles=("auditor",))  # the municipality's
     staff("admin", VC, ["Skriva;katalog;VG"], purpose="Administration", roles=("admin",))
     staff("self", VC, full, family="Andersson", pnr=ADULT_PNR, address="Storgatan 1")
 

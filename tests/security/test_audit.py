@@ -520,7 +520,7 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
             flagged.setdefault(who, set()).update(flags.split(","))
         assert {"own-record", "same-surname", "same-address"} <= flagged[region.staff["self"].hsa]
         assert {"colleague-record", "protected-identity", "vip"} <= flagged[region.staff["vc"].hsa]
-        assert "emergency" in flagged[region.staff["hsv"].hsa]
+        assert region.staff["hsv"].hsa not in flagged  # the municipality's nurse: her provider reviews her
         seqs = ",".join(str(e["resource"]["id"]) for e in r.json()["entry"][:3])
         done = {
             "resourceType": "Parameters",
@@ -533,6 +533,16 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
         assert c.post("$log-review", content=orjson.dumps(done), headers=JSON).status_code == 201
         # The log is readable as AuditEvent by the auditor, not by others.
         assert c.get(f"AuditEvent?patient={anna}").json()["total"] > 0
+    with region.as_(region.staff["auditkom"].token()) as c:  # the municipality's auditor
+        r = c.get("$log-review", params={"sampleRate": "0", "seed": "1"})
+        flagged_kom = {
+            next(a["who"]["identifier"]["value"] for a in e["resource"]["agent"] if a.get("requestor")): next(
+                x["valueString"] for x in e["resource"]["extension"] if x["url"].endswith("review-flags")
+            )
+            for e in r.json()["entry"]
+        }
+        assert "emergency" in flagged_kom[region.staff["hsv"].hsa]
+        assert region.staff["vc"].hsa not in flagged_kom
     with region.as_(region.staff["vc"].token()) as c:
         assert c.get("AuditEvent").status_code == 403
         assert c.get("$log-review").status_code == 403
@@ -768,6 +778,46 @@ def test_r_log_4_a_search_about_a_patient_outside_care_is_logged_and_flagged_for
         items = audit.review_candidates(tx.conn, start, end, {}, {}, sample_rate=0.0, seed=1)
     flagged = {i.seq for i in items if "outside-care-relationship" in i.criteria}
     assert tried.seq in flagged and cared.seq not in flagged
+
+
+def test_r_log_4_an_auditor_reads_the_log_of_their_own_care_providers_users(region: Region, store: Store) -> None:
+    """Each care provider reviews its own users' accesses (HSLF-FS 2016:40 4 kap.): the region's auditor sees
+    what the region's staff did, not what the municipality's nurse did, in AuditEvent, $log-review and a
+    $log-extract made for the patient. The patient's own extract shows every provider's accesses."""
+    anna = region.patients["anna"]
+    region.post(consent(anna, "svod-consent", {"type": "permit", "actor": [actor("IRCP", f"Organization/{HSV}")]}))
+    vc, hsv = region.staff["vc"], region.staff["hsv"]
+    for who in (vc, hsv):
+        with region.as_(who.token()) as c:
+            assert c.get(f"Observation?patient={anna}").json()["total"] > 0
+    auditor = region.staff["audit"]  # the region's (REGION) auditor
+    with region.as_(auditor.token()) as c:
+        logged = c.get("AuditEvent", params={"patient": anna, "_count": "1000"}).json()
+        agents = orjson.dumps([e["resource"]["agent"] for e in logged["entry"]]).decode()
+        assert vc.hsa in agents and hsv.hsa not in agents
+        hsv_event = events(store, user_id=hsv.hsa, action="search")[-1].seq
+        assert c.get(f"AuditEvent/{hsv_event}").status_code == 404
+        review = c.get("$log-review", params={"sampleRate": "1", "seed": "3"}).json()
+        reviewed = {e["resource"]["id"] for e in review["entry"]}
+        assert str(hsv_event) not in reviewed and reviewed
+        extract = c.get(f"Patient/{anna}/$log-extract").json()
+        assert c.get("$log-review", params={"sampleRate": "x"}).status_code == 400
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        own = c.get(f"Patient/{anna}/$log-extract").json()
+    assert len(own["entry"]) > len(extract["entry"])
+    assert HSV not in orjson.dumps(extract).decode() and HSV in orjson.dumps(own).decode()
+    # A system client with the policy off reads every provider's log; a client is named by its id, which is no
+    # personnummer.
+    everything = region.fhir.get("AuditEvent", params={"patient": anna, "_count": "1000"}).json()
+    whole = orjson.dumps([e["resource"]["agent"] for e in everything["entry"]]).decode()
+    assert vc.hsa in whole and hsv.hsa in whole
+    clients = [
+        a["who"]["identifier"]
+        for e in everything["entry"]
+        for a in e["resource"]["agent"]
+        if a.get("type", {}).get("text") == "system" and "who" in a
+    ]
+    assert clients and all("system" not in i for i in clients), clients
 
 
 def test_r_log_4_an_attempt_outside_care_is_flagged_however_the_search_names_the_patient(

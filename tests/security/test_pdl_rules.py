@@ -337,9 +337,9 @@ def test_r_log_1_an_access_through_consent_emergency_or_block_break_names_that_c
     by_unit = logged_assertions(store, nurse.hsa, "search")[1]
     assert by_unit == {VC: ("block-break", broken_id), AVD: ("svod", given["id"]), HSV: ("own-unit", None)}
 
-    # The auditor sees the Consents in the AuditEvent of the search.
+    # Her care giver's auditor (the municipality's) sees the Consents in the AuditEvent of the search.
     last = audit_rows(store, user_id=nurse.hsa, action="search")[-1]
-    with client(region, region.staff["audit"].token()) as c:
+    with client(region, region.staff["auditkom"].token()) as c:
         shown = c.get(f"AuditEvent/{last.seq}")
         assert shown.status_code == 200, shown.text
     consents = [e["what"]["reference"] for e in shown.json()["entity"] if e.get("type", {}).get("code") == "Consent"]

@@ -679,9 +679,13 @@ def extract(
     end: datetime | None = None,
     include_names: bool = True,
     limit: int = 10_000,
+    provider: str | None = None,
 ) -> list[ExtractRow]:
-    """Who (unit, and name where configured) accessed the patient's data, when, and how."""
+    """Who (unit, and name where configured) accessed the patient's data, when, and how; with ``provider``, only
+    the accesses of that care provider's (or care giver's) users."""
     conds = [audit_access.c.patient_id == patient_id, audit_event.c.outcome == "permit"]
+    if provider is not None:
+        conds.append(audit_event.c.provider_id == provider)
     if start is not None:
         conds.append(audit_access.c.recorded_at >= start)
     if end is not None:
@@ -764,6 +768,14 @@ class PatientFacts:
     addresses: set[str] = field(default_factory=set)
 
 
+def staff_accesses_between(start: datetime, end: datetime, provider: str | None = None) -> list[ColumnElement[bool]]:
+    """The log review's events: staff accesses in [start, end), of one care provider's users when given."""
+    conds = [audit_event.c.recorded_at >= start, audit_event.c.recorded_at < end, audit_event.c.actor_kind == "staff"]
+    if provider is not None:
+        conds.append(audit_event.c.provider_id == provider)
+    return conds
+
+
 def review_candidates(
     conn: Connection,
     start: datetime,
@@ -774,8 +786,10 @@ def review_candidates(
     sample_rate: float = 0.05,
     many_patients_threshold: int = 50,
     seed: int | None = None,
+    provider: str | None = None,
 ) -> list[ReviewItem]:
-    """Accesses to review in [start, end): the targeted criteria plus a random sample (R-LOG-4)."""
+    """Accesses to review in [start, end): the targeted criteria plus a random sample (R-LOG-4); with
+    ``provider``, only the accesses of that care provider's users."""
     vip_set = set(vip)
     staff_pnrs = {p: u for u, f in staff.items() for p in f.personal_numbers}
     rows = conn.execute(
@@ -794,7 +808,7 @@ def review_candidates(
             audit_access.c.protected,
         )
         .select_from(audit_event.outerjoin(audit_access, audit_access.c.seq == audit_event.c.seq))
-        .where(audit_event.c.recorded_at >= start, audit_event.c.recorded_at < end, audit_event.c.actor_kind == "staff")
+        .where(*staff_accesses_between(start, end, provider))
         .order_by(audit_event.c.seq)
     ).all()
     documented: set[tuple[str, str, Any]] = set()

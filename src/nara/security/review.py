@@ -63,12 +63,14 @@ def run_review(
     sample_rate: float,
     seed: int | None = None,
     many_patients_threshold: int = 50,
+    provider: str | None = None,
 ) -> list[audit.ReviewItem]:
-    """Flagged accesses in [start, end) by the R-LOG-4 criteria, plus a random sample."""
+    """Flagged accesses in [start, end) by the R-LOG-4 criteria, plus a random sample; with ``provider``, only
+    the accesses of that care provider's users (an auditor reviews their own provider's log)."""
     pairs = tx.conn.execute(
         select(audit_event.c.user_id, audit_access.c.patient_id)
         .select_from(audit_event.outerjoin(audit_access, audit_access.c.seq == audit_event.c.seq))
-        .where(audit_event.c.recorded_at >= start, audit_event.c.recorded_at < end, audit_event.c.actor_kind == "staff")
+        .where(*audit.staff_accesses_between(start, end, provider))
         .distinct()
     ).all()
     staff, patients = review_facts(tx, {u for u, _ in pairs if u}, {p for _, p in pairs if p})
@@ -82,4 +84,5 @@ def run_review(
         sample_rate=sample_rate,
         many_patients_threshold=many_patients_threshold,
         seed=seed,
+        provider=provider,
     )

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import instant, parse_instant
+from nara.fhir.identifiers import HSA_ID, InvalidIdentifier, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security import audit
 from nara.security.actors import PURPOSE_CARE, Actor
@@ -380,7 +381,12 @@ def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
         raise FhirError(403, "forbidden", "The log extract is for the patient, their representative and auditors")
     actor.scopes.require("AuditEvent", "search")  # the extract is the patient's AuditEvents
     start, end = _period(_params(req))
-    rows = audit.extract(tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names)
+    # An auditor extracts their own care provider's log (each provider answers for its own users' accesses); the
+    # patient and her proxy get every provider's.
+    provider = _audited_provider(actor) if actor.kind not in ("citizen", "proxy") else None
+    rows = audit.extract(
+        tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names, provider=provider
+    )
     names = _unit_names(tx, {r.unit_id for r in rows if r.unit_id} | {r.provider_id for r in rows if r.provider_id})
     shared: dict[Any, Any] = {}
     entries = [
@@ -503,6 +509,19 @@ def _audit_event_json(
 _REST_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"}
 
 
+def _user_identifier(actor_kind: str, user_id: str) -> dict[str, Any]:
+    """The accessing user's identifier: staff by HSA-id, a citizen or proxy by personnummer or samordningsnummer,
+    a system client or an operator by its id alone (it is neither)."""
+    if actor_kind == "staff":
+        return {"system": HSA_ID, "value": user_id}
+    if actor_kind in ("citizen", "proxy"):
+        try:
+            return parse_personal_identity(user_id).identifier()
+        except InvalidIdentifier:
+            return {"system": PERSONNUMMER, "value": user_id}  # as the record has it
+    return {"value": user_id}
+
+
 def _agents(
     actor_kind: str,
     user_id: str | None,
@@ -516,10 +535,7 @@ def _agents(
     agent: dict[str, Any] = {"requestor": True, "type": {"text": actor_kind}}
     who: dict[str, Any] = {}
     if user_id:
-        who["identifier"] = {
-            "system": "urn:oid:1.2.752.29.4.19" if actor_kind == "staff" else PERSONNUMMER,
-            "value": user_id,
-        }
+        who["identifier"] = _user_identifier(actor_kind, user_id)
     if user_name:
         who["display"] = user_name
     if who:
@@ -598,6 +614,17 @@ def _event_with_accesses(r: Any, accesses: list[Any]) -> dict[str, Any]:
     return event
 
 
+def _audited_provider(actor: Actor) -> str | None:
+    """Whose users' accesses an auditor reads: their own care provider's (or care giver's); a system client with
+    the policy off reads every provider's (None)."""
+    if actor.kind == "system" and actor.policy_off:
+        return None
+    a = actor.assignment
+    if a is None:  # _require_auditor lets no one else through; never every provider's log by accident
+        raise FhirError(403, "forbidden", "Reading the access log needs an auditor assignment (loggranskning)")
+    return a.provider
+
+
 def _require_auditor(tx: Tx, action: str = "search") -> Actor:
     """The actor, an auditor whose token's scopes allow ``action`` (read or search) on AuditEvent (403 otherwise)."""
     actor = _policy(tx).actor
@@ -609,8 +636,8 @@ def _require_auditor(tx: Tx, action: str = "search") -> Actor:
 
 def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Outcome:
     """``GET AuditEvent`` and ``GET AuditEvent/{seq}`` served from the log tables (auditors only)."""
-    _require_auditor(tx, "search" if seq is None else "read")
-    conds = []
+    provider = _audited_provider(_require_auditor(tx, "search" if seq is None else "read"))
+    conds = [] if provider is None else [audit_event.c.provider_id == provider]
     if seq is not None:
         if not seq.isdigit():
             raise FhirError(404, "not-found", f"AuditEvent/{seq[:40]} is not known")
@@ -674,10 +701,15 @@ def log_review(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
         return Outcome(
             201, {"resourceType": "Parameters", "parameter": [{"name": "review", "valueInteger": review_id}]}
         )
-    sample = float(params.get("sampleRate", 0.05))
+    try:
+        sample = float(params.get("sampleRate", 0.05))
+    except ValueError:
+        raise FhirError(400, "invalid", "sampleRate must be a number from 0 to 1", ["sampleRate"]) from None
+    if not 0 <= sample <= 1:
+        raise FhirError(400, "invalid", "sampleRate must be a number from 0 to 1", ["sampleRate"])
     vip = [v for v in str(params.get("vip", "")).split(",") if v]
     seed = int(params["seed"]) if str(params.get("seed", "")).isdigit() else None
-    items = run_review(tx, start, end, vip=vip, sample_rate=sample, seed=seed)
+    items = run_review(tx, start, end, vip=vip, sample_rate=sample, seed=seed, provider=_audited_provider(actor))
     entries = [
         {
             "resource": _audit_event_json(
