@@ -601,7 +601,8 @@ def test_r_log_1_a_count_names_the_patient_of_a_compartment_and_no_one_a_modifie
     region: Region, store: Store
 ) -> None:
     """A count about a patient tells about her data, so its record names her, also when the search names her by
-    its path (``Patient/X/Observation``). ``_id:not=X`` and ``patient:missing=true`` are not about X or "true"."""
+    its path (``Patient/X/Observation``) or by her personnummer (``subject.identifier``). ``_id:not=X`` and
+    ``patient:missing=true`` are not about X or "true"."""
     anna = region.patients["anna"]
     vc = region.staff["vc"]
     with region.as_(vc.token()) as c:
@@ -611,6 +612,10 @@ def test_r_log_1_a_count_names_the_patient_of_a_compartment_and_no_one_a_modifie
         excluded = events(store, user_id=vc.hsa, action="search")[-1]
         assert c.get("Observation", params={"patient:missing": "true", "_summary": "count"}).status_code == 200
         missing = events(store, user_id=vc.hsa, action="search")[-1]
+        by_pnr = {"subject.identifier": f"{PNR}|{region.pnr['anna']}", "_summary": "count"}
+        assert c.get("Observation", params=by_pnr).json()["total"] >= 1
+        identified = events(store, user_id=vc.hsa, action="search")[-1]
+    assert named(store, identified.seq) == [(anna, "count")]
     assert named(store, compartment.seq) == [(anna, "count")]
     assert named(store, excluded.seq) == []
     assert named(store, missing.seq) == []
@@ -824,7 +829,7 @@ def test_r_log_4_an_attempt_outside_care_is_flagged_however_the_search_names_the
     region: Region, store: Store
 ) -> None:
     """The flag and the denied access do not depend on how the search names the patient: by its compartment
-    path, in a list, by a full URL, at system level, or through $lastn and $everything."""
+    path, in a list, by a full URL, at system level, through $lastn and $everything, or by her personnummer."""
     anna, child = region.patients["anna"], region.patients["child"]
     tom = region.staff["tom"]  # no care relationship with Anna or the child
     full = f"{str(region.fhir.base_url).rstrip('/')}/Patient/{anna}"
@@ -834,6 +839,8 @@ def test_r_log_4_an_attempt_outside_care_is_flagged_however_the_search_names_the
         "full URL": ("Observation", {"subject": full}),
         "system level": ("", {"_type": "Observation", "patient": anna}),
         "$lastn": ("Observation/$lastn", {"patient": anna}),
+        "personnummer": ("Patient", {"identifier": f"{PNR}|{region.pnr['anna']}"}),
+        "chained personnummer": ("Observation", {"subject.identifier": f"{PNR}|{region.pnr['anna']}"}),
     }
     with region.as_(tom.token()) as c:
         for what, (path, params) in attempts.items():

@@ -430,7 +430,7 @@ def test_r_blk_2_the_signal_answers_no_question_about_the_blocked_datas_content_
 def test_r_blk_2_blocked_info_is_signalled_however_the_search_names_the_patient(region: Region) -> None:
     """The signal follows the patients the search names, as the audit record reads them: in a form-encoded
     POST _search, in a list of several patients, as a reference ``Patient/X``, as a Patient search's _id, by a
-    compartment path, at system level, and in $everything and $lastn."""
+    compartment path, at system level, by personnummer, and in $everything and $lastn."""
     anna, child = region.patients["anna"], region.patients["child"]
     with_consent_for(region, HSV)
     block(region, VC)
@@ -451,6 +451,9 @@ def test_r_blk_2_blocked_info_is_signalled_however_the_search_names_the_patient(
             "system level": signalled(c.get("", params={"_type": "Observation", "patient": anna}).json()),
             "$everything": signalled(c.get(f"Patient/{anna}/$everything").json()),
             "$lastn": signalled(c.get("Observation/$lastn", params={"patient": anna}).json()),
+            "personnummer": signalled(
+                c.get("Observation", params={"subject.identifier": f"{PNR}|{region.pnr['anna']}"}).json()
+            ),
         }
         # Another type's _id names a resource, not a patient: Anna's id there asks about no patient.
         other_type = signalled(c.get(f"Observation?_id={anna}").json())

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import Alias, false, select
+from sqlalchemy import Alias, and_, false, or_, select
 
+from nara.fhir.identifiers import normalize_system
 from nara.fhir.outcome import FhirError
 from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
@@ -33,7 +34,7 @@ from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
 from nara.store.crud import Stored, Tx
-from nara.store.schema import resource
+from nara.store.schema import resource, sp_token
 from nara.store.store import Store
 
 log = logging.getLogger("nara.security")
@@ -288,8 +289,15 @@ class Gate:
         elif method == "POST" and rtype and body is not None and interaction_kind(method, req.path) is None:
             patients = _body_patient(body, rtype)  # a create
         else:
-            # Every patient a refused search names (URL, form body, lists), as a permitted search's record reads them.
-            patients = _searched_patients(req)[:MAX_DENIED_PATIENTS]
+            # Every patient a refused search names (URL, form body, lists, identifiers), as a permitted search's
+            # record reads them.
+            patients = _searched_patients(req)
+            try:
+                with self.store.transaction(write=False) as tx:
+                    patients = list(dict.fromkeys(patients + _identified_patients(tx, req)))
+            except FhirError:
+                pass  # the denial is logged with the patients the request names by id
+            patients = patients[:MAX_DENIED_PATIENTS]
         self.audit_denial(
             actor,
             interaction_kind(req.method.upper(), req.path) or req.method.lower(),
@@ -356,20 +364,21 @@ class Gate:
             return  # written by the read itself
         request, rtype, rid, flags = _read_interaction(tx, req)
         rows = list(out.returned)
+        listing = action in ("search", "operation") and _is_searchset(out.body)  # a search, $everything, $lastn
+        asked = list(dict.fromkeys(_searched_patients(req) + _identified_patients(tx, req))) if listing else []
         counted: list[str] = []
         if action == "search" and not rows and isinstance(out.body, dict) and (out.body.get("total") or 0) > 0:
-            counted = _searched_patients(req)  # a count about a patient tells about the patient's data
-        listing = action in ("search", "operation") and _is_searchset(out.body)  # a search, $everything, $lastn
-        outside = self._outside_care(tx, req) if listing else []
+            counted = asked  # a count about a patient tells about the patient's data
+        outside = self._outside_care(tx, asked)
         if outside:
             flags.add("outside-care-relationship")  # asked about patients I have no care relationship with
         self.audit_interaction(
             tx, action, request, rows, rtype, rid, flags, counted=counted, refused=outside, logs_shown=out.logs_shown
         )
         if listing:
-            self.signal_blocked(tx, req, out.body)
+            self.signal_blocked(tx, asked, out.body)
 
-    def _outside_care(self, tx: Tx, req: Any) -> list[str]:
+    def _outside_care(self, tx: Tx, asked: list[str]) -> list[str]:
         """The patients a staff member's search (or $everything, $lastn) asked about without a care relationship
         or an emergency assertion at their unit (R-ACC-1). Their data was not shown; the attempt is logged and
         flagged for the log review. The rules a pinned search read are reused; others are read here."""
@@ -377,9 +386,9 @@ class Gate:
         actor = policy.actor
         if actor.kind != "staff" or actor.policy_off or actor.assignment is None or not policy.rules_available:
             return []
-        return [p for p in _searched_patients(req)[:MAX_DENIED_PATIENTS] if not policy.has_relation_with(tx, p)]
+        return [p for p in asked[:MAX_DENIED_PATIENTS] if not policy.has_relation_with(tx, p)]
 
-    def signal_blocked(self, tx: Tx, req: Any, bundle: dict[str, Any]) -> None:
+    def signal_blocked(self, tx: Tx, asked: list[str], bundle: dict[str, Any]) -> None:
         """Tell the user that blocked information exists, without saying where (R-BLK-2), for the patients the
         search names (``_searched_patients``: as the audit record reads them)."""
         policy: Policy = tx.policy
@@ -387,7 +396,7 @@ class Gate:
         a = actor.assignment
         if actor.kind != "staff" or a is None or not policy.rules_available:
             return
-        patients = set(_searched_patients(req))
+        patients = set(asked)
         if not patients:
             return
         known = [policy.patient_facts[p] for p in patients if p in policy.patient_facts]
@@ -492,6 +501,38 @@ def _searched_patients(req: Any) -> list[str]:
             if pid and pid not in found:
                 found.append(pid)
     return found
+
+
+# Search parameters that name patients by an identifier (a personnummer, say): in a search of Patient itself, and
+# chained from a reference to the patient.
+_CHAINED_IDENTIFIERS = frozenset(
+    f"{ref}{modifier}.identifier" for ref in ("patient", "subject") for modifier in ("", ":Patient")
+)
+
+
+def _identified_patients(tx: Tx, req: Any) -> list[str]:
+    """The patients a search names by identifier (``Patient?identifier=``, ``Observation?subject.identifier=``),
+    found in the search index whether or not the user may see them: the record says about whom the user asked."""
+    of_patients = [p for p in req.path.strip("/").split("/") if p] in (["Patient"], ["Patient", "_search"])
+    wanted: list[tuple[str | None, str]] = []
+    for k, v in _search_parameters(req):
+        if k in _CHAINED_IDENTIFIERS or (of_patients and k == "identifier"):
+            for one in v.split(","):
+                system, sep, code = one.strip().rpartition("|")
+                if code:
+                    wanted.append((normalize_system(system) if sep and system else None, code))
+    if not wanted:
+        return []
+    matches = [
+        and_(sp_token.c.code == code, *([sp_token.c.system == system] if system else [])) for system, code in wanted
+    ]
+    found = tx.conn.execute(
+        select(sp_token.c.patient_id)
+        .where(sp_token.c.res_type == "Patient", sp_token.c.param == "identifier", or_(*matches))
+        .distinct()
+        .limit(MAX_DENIED_PATIENTS)
+    ).all()
+    return sorted(r.patient_id for r in found if r.patient_id)
 
 
 def _body_patient(body: dict[str, Any], rtype: str) -> list[str]:
