@@ -1137,6 +1137,97 @@ def test_r_id_3_staff_update_keeps_the_protected_address_it_never_saw(region: Re
     assert kept["address"] == address and kept["gender"] == "other"
 
 
+def test_r_id_3_no_staff_write_removes_the_protection_its_labels_and_the_register_give(
+    region: Region, store: Store
+) -> None:
+    """The protected-identity label comes from the population register: a PUT without ``meta`` or a patch that
+    removes it keeps it (and so keeps the address hidden and unsearchable). The contacts and narrative, which
+    may repeat the address, are hidden like it."""
+    hidden = region.patients["hidden"]
+    region.put(
+        {
+            **stored_patient(store, hidden),
+            "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Hemlig väg 7</div>'},
+            "contact": [{"name": {"family": "Dold"}, "address": {"line": ["Hemlig väg 7"], "city": "Örebro"}}],
+        }
+    )  # the register's feed
+    with client(region, region.staff["vc"].token()) as c:
+        shown = c.get(f"Patient/{hidden}").json()
+        assert "Hemlig" not in orjson.dumps(shown).decode()
+        unlabelled = {k: v for k, v in shown.items() if k != "meta"}
+        put = c.put(f"Patient/{hidden}", content=orjson.dumps(unlabelled), headers=JSON)
+        assert put.status_code == 200 and "Hemlig" not in put.text
+        remove = [{"op": "remove", "path": "/meta/security"}]
+        patched = c.patch(
+            f"Patient/{hidden}", content=orjson.dumps(remove), headers={"Content-Type": "application/json-patch+json"}
+        )
+        assert patched.status_code == 200 and "Hemlig" not in patched.text
+        assert "Hemlig" not in c.get(f"Patient/{hidden}").text
+        assert c.get("Patient", params={"address": "Hemlig"}).json()["total"] == 0
+    kept = stored_patient(store, hidden)
+    assert "Hemlig väg 7" in orjson.dumps(kept).decode()  # the register's data stays as it was
+
+
+def test_r_id_1_a_personnummer_identifies_one_patient_and_only_the_register_changes_it(region: Region) -> None:
+    """A staff member who added her own personnummer to a patient would read that record as a citizen: staff
+    writes keep a patient's personal identity numbers as stored, a new patient may not take one another record
+    has, and a number two records carry identifies no one."""
+    anna = region.patients["anna"]
+    mine = region.pnr["guardian"]  # a valid personnummer of nobody's record
+    vc = region.staff["vc"]
+    with client(region, vc.token()) as c:
+        shown = c.get(f"Patient/{anna}").json()
+        shown["identifier"] = [*shown["identifier"], {"system": PNR, "value": mine}]
+        assert c.put(f"Patient/{anna}", content=orjson.dumps(shown), headers=JSON).status_code == 200
+        add = [{"op": "add", "path": "/identifier/-", "value": {"system": PNR, "value": mine}}]
+        patched = c.patch(
+            f"Patient/{anna}", content=orjson.dumps(add), headers={"Content-Type": "application/json-patch+json"}
+        )
+        assert patched.status_code == 200
+        assert [i["value"] for i in c.get(f"Patient/{anna}").json()["identifier"]] == [region.pnr["anna"]]
+        twin = {"resourceType": "Patient", "identifier": [{"system": PNR, "value": region.pnr["anna"]}]}
+        taken = c.post("Patient", content=orjson.dumps(twin), headers=JSON)
+        assert taken.status_code == 409 and anna not in taken.text
+    with client(region, token(mine, "citizen")) as c:
+        assert c.get(f"Patient/{anna}").status_code == 403  # her record did not become his
+    # Two records with one number (an integration's mistake): the number opens neither.
+    region.post({"resourceType": "Patient", "identifier": [{"system": PNR, "value": region.pnr["anna"]}]})
+    with client(region, token(region.pnr["anna"], "citizen")) as c:
+        refused = c.get(f"Patient/{anna}")
+        assert refused.status_code == 403 and "More than one Patient" in refused.text
+
+
+def test_guardianship_comes_only_from_the_population_register(region: Region) -> None:
+    """A guardian reads a child's record with a proxy token, so no staff member may record one (a RelatedPerson
+    with relationship GUARD), nor change or remove one; other relatives they record as before."""
+    child = region.patients["child"]
+    vc = region.staff["vc"]  # in care of the child
+    me = region.pnr["anna"]
+
+    def related(code: str) -> dict[str, Any]:
+        return {
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": f"Patient/{child}"},
+            "relationship": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": code}]}
+            ],
+            "identifier": [{"system": PNR, "value": me}],
+        }
+
+    with client(region, vc.token()) as c:
+        made = c.post("RelatedPerson", content=orjson.dumps(related("GUARD")), headers=JSON)
+        assert made.status_code == 403 and "population register" in made.text
+        guardian = c.get("RelatedPerson/guard-child").json()
+        ended = {**guardian, "active": False}
+        assert c.put("RelatedPerson/guard-child", content=orjson.dumps(ended), headers=JSON).status_code == 403
+        assert c.delete("RelatedPerson/guard-child").status_code == 403
+        assert c.post("RelatedPerson", content=orjson.dumps(related("SIS")), headers=JSON).status_code == 201
+    with client(region, token(me, "proxy", patient=region.pnr["child"])) as c:
+        assert c.get(f"Patient/{child}").status_code == 403
+    with client(region, token(region.pnr["guardian"], "proxy", patient=region.pnr["child"])) as c:
+        assert c.get(f"Patient/{child}").status_code == 200  # the register's guardian still acts for the child
+
+
 def test_r_id_3_a_protected_address_is_not_searchable_even_after_a_reindex(region: Region, store: Store) -> None:
     """A search by address would be an oracle on it, letter by letter: the index never holds it."""
     hidden, anna = region.patients["hidden"], region.patients["anna"]

@@ -39,7 +39,15 @@ CACHE_SECONDS = 30.0
 
 
 def _one(tx: Tx, rtype: str, query: str) -> Stored | None:
+    """The one ``rtype`` the query finds; an identity that two records carry identifies no one (403): a
+    personnummer added to another patient's record must not open that record to its holder."""
     found = search_ids(tx, rtype, query, limit=2)
+    if len(found) > 1:
+        raise FhirError(
+            403,
+            "forbidden",
+            f"More than one {rtype} carries this identity; the records must be corrected before it can be used",
+        )
     return found[0] if found else None
 
 

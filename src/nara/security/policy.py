@@ -57,19 +57,22 @@ from sqlalchemy.sql.selectable import Alias
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from nara.fhir.canonical import BASE
-from nara.fhir.identifiers import InvalidIdentifier, parse_personal_identity
+from nara.fhir.identifiers import InvalidIdentifier, normalize_system, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
 from nara.security.rules import (
-    ADDRESS_ELEMENTS,
     CONSENT_KIND_SYSTEM,
+    PROTECTED_ELEMENTS,
     block_custodians,
     consent_kind,
+    is_personal_identifier,
     is_protected,
+    names_guardian,
     patient_asserted,
     ref_id,
     with_patient_asserted,
+    with_register_data_of,
     without_protected_address,
 )
 from nara.security.schema import care_relation, pdl_rule
@@ -842,31 +845,61 @@ class Policy:
         found = care_provider_of(tx, org) if org is not None else None
         return found is not None and found[0].res_id == asg.provider
 
-    # ---- a protected patient's address (R-ID-3) --------------------------------------------------
+    # ---- a protected patient's address (R-ID-3) and the register's facts ------------------------------
+    def _trusted_writer(self) -> bool:
+        """System clients (the population register's feed, integrations) and the policy-off superuser."""
+        return self.actor.policy_off or self.actor.kind == "system"
+
     def _keeps_address_hidden(self, rtype: str, current: dict[str, Any]) -> bool:
         """Whether this writer works without a protected patient's address (all but system clients, which
         bring it from the population register)."""
-        trusted = self.actor.policy_off or self.actor.kind == "system"
-        return rtype == "Patient" and not trusted and is_protected(current)
+        return rtype == "Patient" and not self._trusted_writer() and is_protected(current)
 
     def shown_for_writing(self, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
         """The current version as this writer may see it while changing it (a JSON Patch applies to it): without
         a protected patient's address, so that no patch can test, copy or move it into sight."""
         return without_protected_address(current) if self._keeps_address_hidden(rtype, current) else current
 
-    def keep_protected_address(self, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """The body to store when this writer replaces ``current``: a protected patient's address stays as stored
-        (the writer never saw it); a body that sets another one is refused."""
-        if not self._keeps_address_hidden(rtype, current):
+    def keep_register_data(self, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """The body to store when this writer replaces ``current`` (a Patient): its personal identity numbers and
+        protected-identity labels stay as stored unless a system client (the register's feed) writes; a protected
+        patient's address, contacts and narrative stay as stored (the writer never saw them), and a body that
+        sets others is refused."""
+        if rtype != "Patient" or self._trusted_writer():
             return body
-        if any(k in body and body[k] != current.get(k) for k in ADDRESS_ELEMENTS):
+        body = with_register_data_of(body, current)
+        if not is_protected(current):
+            return body
+        if any(k in body and body[k] != current.get(k) for k in PROTECTED_ELEMENTS):
             raise FhirError(
                 403,
                 "forbidden",
-                "The address of a patient with protected identity comes from the population register and is not "
-                "changed here (R-ID-3)",
+                "The address, contacts and narrative of a patient with protected identity come from the population "
+                "register and are not changed here (R-ID-3)",
             )
-        return {**body, **{k: current[k] for k in ADDRESS_ELEMENTS if k in current}}
+        return {**body, **{k: current[k] for k in PROTECTED_ELEMENTS if k in current}}
+
+    def _check_new_identity(self, tx: Tx, body: dict[str, Any]) -> None:
+        """A new Patient may not carry a personal identity number another patient's record has (409): one person,
+        one record, so that the number identifies one patient to the portal and to staff."""
+        numbers = [
+            (normalize_system(i.get("system")), str(i.get("value")))
+            for i in body.get("identifier") or []
+            if is_personal_identifier(i)
+        ]
+        if not numbers:
+            return
+        taken = tx.conn.execute(
+            select(sp_token.c.rid)
+            .where(
+                sp_token.c.res_type == "Patient",
+                sp_token.c.param == "identifier",
+                or_(*(and_(sp_token.c.system == system, sp_token.c.code == value) for system, value in numbers)),
+            )
+            .limit(1)
+        ).first()
+        if taken is not None:
+            raise FhirError(409, "duplicate", "A patient with this personal identity number is already registered")
 
     def labelled_for_writer(self, res: dict[str, Any]) -> dict[str, Any]:
         """``res`` as stored for this writer: a citizen's or proxy's write carries the patient-asserted label,
@@ -911,6 +944,16 @@ class Policy:
             current = self._check_consent_change(tx, action, body)  # business rules that bind every writer
         if actor.policy_off or actor.kind == "system":
             return
+        if rtype == "RelatedPerson" and (names_guardian(body or {}) or names_guardian(existing or {})):
+            # A guardian reads the child's record with a proxy token: no one may make themselves one.
+            raise FhirError(
+                403,
+                "forbidden",
+                "Guardianship comes from the population register: only its feed (a system client) records or "
+                "changes a guardian",
+            )
+        if rtype == "Patient" and action == "create" and body:
+            self._check_new_identity(tx, body)
         kind = consent_kind(body) if rtype == "Consent" and body else None
         if rtype == "Consent":
             self._check_consent_kind(tx, body, current)

@@ -34,7 +34,8 @@ SAMORDNINGSNUMMER = "http://electronichealth.se/identifier/samordningsnummer"
 RULE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam", "Consent", "RelatedPerson", "Patient"})
 PROTECTED_LABEL_SYSTEM = "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel"
 PROTECTED_LABELS = frozenset({"sekretessmarkering", "skyddadFolkbokforing"})
-ADDRESS_ELEMENTS = ("address", "_address")  # what a protected patient never shows (R-ID-3)
+# What a protected patient never shows (R-ID-3): the address, and the contacts and narrative that may repeat it.
+PROTECTED_ELEMENTS = ("address", "_address", "contact", "text")
 ACTIVE_EPISODE = frozenset({"active", "waitlist", "onhold"})
 ACTIVE_ENCOUNTER = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave"})
 FINISHED_ENCOUNTER_DAYS = 30
@@ -174,13 +175,54 @@ def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]
 
 
 def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
-    """``res`` without its address if it is a Patient with protected identity (R-ID-3), else ``res`` itself.
+    """``res`` without its address (and the contacts and narrative that may repeat it) if it is a Patient with
+    protected identity (R-ID-3), else ``res`` itself.
 
     What the API returns (``gate.redact``), what a JSON Patch applies to (``Policy.shown_for_writing``) and what
     the search index sees (registered below as an index view, else a search by address would be an oracle)."""
-    if res.get("resourceType") == "Patient" and any(k in res for k in ADDRESS_ELEMENTS) and is_protected(res):
-        return {k: v for k, v in res.items() if k not in ADDRESS_ELEMENTS}
+    if res.get("resourceType") == "Patient" and is_protected(res):
+        return without_protected_elements(res)
     return res
+
+
+def without_protected_elements(res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` without the elements a protected patient never shows, whatever its own labels say (an earlier
+    version of a patient who is protected now)."""
+    if not any(k in res for k in PROTECTED_ELEMENTS):
+        return res
+    return {k: v for k, v in res.items() if k not in PROTECTED_ELEMENTS}
+
+
+def with_register_data_of(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (a Patient) with ``current``'s personal identity numbers and protected-identity labels in place of
+    its own: facts of the population register, which only its feed (a system client) sets or removes. A staff
+    member who added her own personnummer to a patient would read the record as that patient."""
+
+    def protected_label(c: Any) -> bool:
+        return isinstance(c, dict) and c.get("system") == PROTECTED_LABEL_SYSTEM and c.get("code") in PROTECTED_LABELS
+
+    def same(a: list[Any], b: list[Any]) -> bool:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+
+    out = body
+    ids_now = [i for i in current.get("identifier") or [] if is_personal_identifier(i)]
+    ids: list[Any] = body["identifier"] if isinstance(body.get("identifier"), list) else []
+    if not same([i for i in ids if is_personal_identifier(i)], ids_now):
+        out = {**out, "identifier": [i for i in ids if not is_personal_identifier(i)] + ids_now}
+    meta_now: dict[str, Any] = current["meta"] if isinstance(current.get("meta"), dict) else {}
+    labels_now = [c for c in meta_now.get("security") or [] if protected_label(c)]
+    meta = dict(body["meta"]) if isinstance(body.get("meta"), dict) else {}
+    labels: list[Any] = meta["security"] if isinstance(meta.get("security"), list) else []
+    if not same([c for c in labels if protected_label(c)], labels_now):
+        kept = [c for c in labels if not protected_label(c)] + labels_now
+        if kept:
+            meta["security"] = kept
+        else:
+            meta.pop("security", None)
+        out = {**out, "meta": meta}
+    if not out.get("identifier"):
+        out = {k: v for k, v in out.items() if k != "identifier"}
+    return out
 
 
 # What a Practitioner holds about the person rather than the work: the directory publishes the rest.
@@ -334,12 +376,22 @@ def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> l
                 if person:
                     rows.append(row("representative", person=person, starts=starts, ends=ends))
     elif rtype == "RelatedPerson" and res.get("active", True) is not False:
-        codes = {c.get("code") for rel in res.get("relationship", []) for c in rel.get("coding", [])}
         person = identifier_value(res)
-        if person and codes & {"GUARD", "MTH", "FTH", "PRN"} and "GUARD" in codes:
+        if person and names_guardian(res):
             starts, ends = _period(res)
             rows.append(row("guardian", person=person, starts=starts, ends=ends))
     return rows
+
+
+def names_guardian(res: dict[str, Any]) -> bool:
+    """Whether a RelatedPerson records a guardian (vårdnadshavare: relationship GUARD), who acts for a child."""
+    relationships: list[Any] = res["relationship"] if isinstance(res.get("relationship"), list) else []
+    return any(
+        isinstance(c, dict) and c.get("code") == "GUARD"
+        for rel in relationships
+        if isinstance(rel, dict)
+        for c in rel.get("coding") or []
+    )
 
 
 CARE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam"})

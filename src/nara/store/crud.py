@@ -524,7 +524,7 @@ class Tx:
     ) -> WriteResult:
         """A new version of ``cur``; ``existing`` is its current content as the writer may read it."""
         if self.policy is not None and existing is not None and isinstance(body, dict):
-            body = self.policy.keep_protected_address(rtype, existing, body)
+            body = self.policy.keep_register_data(rtype, existing, body)
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
         res, text = self._prepare(body, rtype, rid, version, now)
