@@ -409,6 +409,9 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
     if not rows:
         return
     if table is care_relation:
+        # A unit establishes its own care relationships: what a staff member wrote (owned by their unit) gives a
+        # relationship to that unit only, whatever other units it names; a system client's (the EHR's feed) to
+        # every unit it names.
         params = [
             {
                 "source_rid": st.rid,
@@ -418,7 +421,10 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
                 "ends": r["ends"],
             }
             for r in rows
+            if st.owner_unit is None or r["unit"] == st.owner_unit
         ]
+        if not params:
+            return
     else:
         params = [{**r, "source_rid": st.rid, "patient_id": st.patient_id} for r in rows]
     tx.conn.execute(insert(table), params)
