@@ -1203,6 +1203,30 @@ def test_r_id_3_no_staff_write_removes_the_protection_its_labels_and_the_registe
     assert "Hemlig väg 7" in orjson.dumps(kept).decode()  # the register's data stays as it was
 
 
+def test_r_id_3_the_versions_before_a_patient_was_protected_hide_the_address_too(region: Region) -> None:
+    """The address a patient had before she got protected identity is the one the protection is for: her current
+    protection governs every version in the history and every vread."""
+    anna = region.patients["anna"]
+    region.put(  # the register's feed marks Anna protected and gives her a new address
+        {
+            **region.fhir.get(f"Patient/{anna}").json(),
+            "address": [{"line": ["Skyddad adress 1"], "city": "Örebro"}],
+            "meta": {
+                "security": [
+                    {"system": "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel", "code": "skyddadFolkbokforing"}
+                ]
+            },
+        }
+    )
+    with client(region, region.staff["vc"].token()) as c:
+        history = c.get(f"Patient/{anna}/_history")
+        assert history.status_code == 200 and history.json()["total"] >= 2
+        first = c.get(f"Patient/{anna}/_history/1")
+        assert first.status_code == 200
+        for text_ in (history.text, first.text, c.get("Patient/_history").text):
+            assert "Storgatan" not in text_ and "Skyddad adress" not in text_
+
+
 def test_r_id_1_a_personnummer_identifies_one_patient_and_only_the_register_changes_it(region: Region) -> None:
     """A staff member who added her own personnummer to a patient would read that record as a citizen: staff
     writes keep a patient's personal identity numbers as stored, a new patient may not take one another record

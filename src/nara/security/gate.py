@@ -28,6 +28,7 @@ from nara.security.rules import (
     may_be_protected,
     protected_by_label,
     without_protected_address,
+    without_protected_elements,
     without_staff_private_data,
 )
 from nara.security.schema import pdl_rule
@@ -77,6 +78,22 @@ def redact(st: Stored) -> Stored:
     if not may_be_protected(st.content):
         return st
     return _shown(st, without_protected_address)
+
+
+def redact_versions(tx: Tx, versions: list[Stored]) -> list[Stored]:
+    """Versions from a history or a vread, as the current version governs them: every version of a patient who has
+    protected identity now hides what a protected patient never shows, whatever its own labels said (R-ID-3);
+    the address it had before the protection came is the one the protection is for. (After ``redact``.)"""
+    pids = {st.res_id for st in versions if st.res_type == "Patient" and st.content is not None}
+    if not pids:
+        return versions
+    protected_now = protected_by_label(tx.conn, pids)
+    return [
+        _shown(st, without_protected_elements)
+        if st.res_type == "Patient" and st.res_id in protected_now and st.content is not None
+        else st
+        for st in versions
+    ]
 
 
 def _shown(st: Stored, view: Callable[[dict[str, Any]], dict[str, Any]]) -> Stored:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from nara.config import Settings
 from nara.fhir.outcome import FhirError, operation_outcome
 from nara.security.actors import Actor
-from nara.security.gate import Gate, attach_policy, current_policy, interaction_kind, redact
+from nara.security.gate import Gate, attach_policy, current_policy, interaction_kind, redact, redact_versions
 from nara.server import auth
 from nara.server.batch import process_bundle
 from nara.server.dispatch import Context, FhirRequest, Outcome, dispatch
@@ -90,6 +90,7 @@ async def fhir_endpoint(request: Request) -> Response:
             audit=gate.audit_read,
             audit_before=gate.prepare_read_audit,
             redact=redact,
+            redact_versions=redact_versions,
         )
         if path.strip("/") == "metadata" and method in ("GET", "HEAD"):
             outcome = await run_in_threadpool(_execute_public, store, ctx, req)

@@ -61,6 +61,8 @@ class Context:
     audit_before: Callable[[Tx, FhirRequest], None] | None = None
     # Applied to every resource version before it is returned (e.g. hiding protected addresses, R-ID-3).
     redact: Callable[[Stored], Stored] | None = None
+    # Applied after ``redact`` to the versions a history or vread returns, as the current versions govern them.
+    redact_versions: Callable[[Tx, list[Stored]], list[Stored]] | None = None
     # Called with (request, error) when an interaction is refused (403): the denial's audit record.
     audit_denial: Callable[[FhirRequest, FhirError], None] | None = None
 
@@ -189,6 +191,8 @@ def _dispatch(tx: Tx, ctx: Context, req: FhirRequest) -> Outcome:
         if n == 4:
             _check_scope(tx, rtype, "vread")
             st = _redacted(ctx, tx.vread(rtype, rid, parts[3]))
+            if ctx.redact_versions is not None:
+                st = ctx.redact_versions(tx, [st])[0]
             return Outcome(200, orjson.Fragment(st.json_bytes()), version_headers(st, ctx.base_url), st, [st])
     if third.startswith("$") and n == 3:
         return run_operation(tx, ctx, req, third[1:], rtype, rid)
@@ -419,6 +423,8 @@ def history_interaction(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | Non
     page = history(tx, rtype, rid, since=since, at=at, count=count, cursor=req.param("_cursor"))
     if ctx.redact is not None:
         page.entries = [ctx.redact(st) for st in page.entries]
+    if ctx.redact_versions is not None:
+        page.entries = ctx.redact_versions(tx, page.entries)
     path = ctx.base_url + "".join(f"/{p}" for p in (rtype, rid) if p) + "/_history"
     echo = [(k, v) for k, v in req.query if k != "_cursor"]
     links = {"next": page_url(path, echo, _cursor=page.next_cursor)} if page.next_cursor else {}
