@@ -25,6 +25,7 @@ from tests.security.region import (
     AVD,
     HSV,
     JSON,
+    MUNI,
     NARA,
     PNR,
     REGION,
@@ -1069,6 +1070,56 @@ def test_a_staff_members_private_data_is_neither_shown_nor_searchable_outside_th
             assert c.get(f"Practitioner?identifier={ADULT_PNR}").json()["total"] == 0
             assert c.get("Practitioner?address=Storgatan").json()["total"] == 0
             assert c.get(f"Practitioner?identifier={me.hsa}").json()["total"] == 1  # the directory's own identifier
+
+
+def test_an_administrator_maintains_only_their_own_providers_directory_and_not_their_own_entry(
+    region: Region,
+) -> None:
+    """The region's administrator could otherwise give themselves a care assignment at the municipality (and read
+    its data), or take over another provider's staff member's entry (an HSA-id, say). They keep their own
+    provider's units and assignments; the assignments they hold, another administrator gives."""
+    admin = region.staff["admin"]
+
+    def role(practitioner: str, unit: str) -> dict[str, Any]:
+        return {
+            "resourceType": "PractitionerRole",
+            "active": True,
+            "practitioner": {"reference": f"Practitioner/{practitioner}"},
+            "organization": {"reference": f"Organization/{unit}"},
+            "extension": [
+                {"url": f"{NARA}/StructureDefinition/assignment-purpose", "valueString": "Vård och behandling"},
+                {"url": f"{NARA}/StructureDefinition/assignment-right", "valueString": "Läsa;alla;SJF"},
+            ],
+        }
+
+    with client(region, admin.token()) as c:
+
+        def post(res: dict[str, Any]) -> int:
+            return c.post(res["resourceType"], content=orjson.dumps(res), headers=JSON).status_code
+
+        def put(res: dict[str, Any]) -> int:
+            return c.put(f"{res['resourceType']}/{res['id']}", content=orjson.dumps(res), headers=JSON).status_code
+
+        assert post(role(admin.practitioner, HSV)) == 403  # themselves, elsewhere
+        assert post(role(admin.practitioner, VC)) == 403  # themselves, at home
+        assert post(role("prac-vc2", HSV)) == 403  # a colleague, at another provider
+        assert post(role("prac-vc2", VC)) == 201  # a colleague, at their provider
+        assert put({**c.get(f"Organization/{VC}").json(), "name": "Vårdcentralen Kumla Norra"}) == 200
+        assert put({**c.get(f"Organization/{HSV}").json(), "name": "Hemsjukvården"}) == 403
+        moved = {**c.get(f"Organization/{AVD}").json(), "partOf": {"reference": f"Organization/{MUNI}"}}
+        assert put(moved) == 403
+        new_unit = {
+            "resourceType": "Organization",
+            "name": "Ny enhet",
+            "partOf": {"reference": f"Organization/{REGION}"},
+        }
+        assert post(new_unit) == 201
+        assert post({"resourceType": "Organization", "name": "Ny vårdgivare"}) == 403
+        nurse = c.get("Practitioner/prac-hsv").json()  # the municipality's nurse
+        assert put({**nurse, "identifier": [{"system": nurse["identifier"][0]["system"], "value": admin.hsa}]}) == 403
+        assert put({**c.get(f"Practitioner/{admin.practitioner}").json(), "gender": "other"}) == 403
+        assert put({**c.get("Practitioner/prac-vc2").json(), "gender": "other"}) == 200
+    region.put({**role(admin.practitioner, VC), "id": "role-admin-vc"})  # the directory's feed may
 
 
 # ---- R-ID-3 --------------------------------------------------------------------------------------

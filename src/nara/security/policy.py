@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
 from functools import partial
-from typing import Any, overload
+from typing import Any, NoReturn, overload
 
 from sqlalchemy import (
     Boolean,
@@ -845,6 +845,46 @@ class Policy:
         found = care_provider_of(tx, org) if org is not None else None
         return found is not None and found[0].res_id == asg.provider
 
+    # ---- the directory -------------------------------------------------------------------------------
+    _DIRECTORY_OWNER = {
+        "Organization": "partOf",
+        "Location": "managingOrganization",
+        "HealthcareService": "providedBy",
+        "PractitionerRole": "organization",
+        "Endpoint": "managingOrganization",
+    }
+
+    def _check_directory_write(
+        self, tx: Tx, rtype: str, body: dict[str, Any] | None, existing: dict[str, Any] | None
+    ) -> None:
+        """An administrator maintains their own care provider's part of the directory, and not their own entry:
+        what they write (and what it replaces) belongs to an Organization of their provider; a Practitioner only
+        while every assignment of the person is at their provider. Nobody gives themselves an assignment
+        (medarbetaruppdrag) or changes their own entry: another administrator does. Care providers themselves
+        and other providers' entries come from the directory's feed (a system client)."""
+
+        def refuse(why: str) -> NoReturn:
+            raise FhirError(403, "forbidden", why)
+
+        me = self.actor.practitioner
+        for res in (r for r in (existing, body) if r is not None):
+            if rtype == "Practitioner":
+                if me is not None and res.get("id") == me:
+                    refuse("Administrators do not change their own directory entry")
+                continue
+            if rtype == "PractitionerRole" and me is not None and ref_id(res.get("practitioner"), "Practitioner") == me:
+                refuse("No one gives themselves an assignment (medarbetaruppdrag): another administrator does")
+            owner = ref_id(res.get(self._DIRECTORY_OWNER.get(rtype, "")), "Organization")
+            if rtype == "Organization" and owner is None and isinstance(res.get("id"), str):
+                owner = res["id"]  # a care provider's own entry (a new one is none of mine: refused below)
+            if owner is None or not self.of_my_provider(tx, owner):
+                refuse("Administrators maintain only their own care provider's part of the directory")
+        if rtype == "Practitioner" and existing is not None and isinstance(existing.get("id"), str):
+            for role in tx.match("PractitionerRole", f"practitioner=Practitioner/{existing['id']}", limit=200):
+                org = ref_id(role.resource().get("organization"), "Organization")
+                if org is None or not self.of_my_provider(tx, org):
+                    refuse("This person also works for another care provider, whose administrators keep the entry")
+
     # ---- a protected patient's address (R-ID-3) and the register's facts ------------------------------
     def _trusted_writer(self) -> bool:
         """System clients (the population register's feed, integrations) and the policy-off superuser."""
@@ -983,6 +1023,7 @@ class Policy:
         if rtype in DIRECTORY_TYPES:
             if not actor.is_admin():
                 raise FhirError(403, "forbidden", "Only administrators maintain the directory")
+            self._check_directory_write(tx, rtype, body, existing)
             return
         if not a.has_right("Skriva", "VE"):
             raise FhirError(403, "forbidden", "The assignment has no right to write (Skriva)")
