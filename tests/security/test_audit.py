@@ -552,15 +552,16 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
     assert reviews[0].reviewer == region.staff["audit"].hsa
 
 
+def reading_bundle(kind: str, url: str) -> dict[str, Any]:
+    """A batch or transaction (``kind``) of one GET of ``url``."""
+    return {"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": url}}]}
+
+
 def test_r_log_1_a_denial_names_the_patient_and_a_refused_batch_entry_is_one_too(region: Region, store: Store) -> None:
     anna = region.patients["anna"]
     obs = region.post(observation(anna, "8867-4", 71), region.staff["vc"].token())["id"]
     tom = region.staff["tom"]  # no care relationship with Anna
-    batch = {
-        "resourceType": "Bundle",
-        "type": "batch",
-        "entry": [{"request": {"method": "GET", "url": f"Observation/{obs}"}}],
-    }
+    batch = reading_bundle("batch", f"Observation/{obs}")
     with region.as_(tom.token()) as c:
         assert c.get(f"Observation/{obs}").status_code == 403
         answered = c.post("", content=orjson.dumps(batch), headers=JSON).json()
@@ -629,11 +630,7 @@ def test_r_log_1_a_refused_create_and_a_refused_transaction_entry_name_their_pat
     anna = region.patients["anna"]
     obs = events(store, action="create")[-1].resource_id  # the fixture's Observation about Anna
     tom = region.staff["tom"]  # no care relationship with Anna
-    transaction = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [{"request": {"method": "GET", "url": f"Observation/{obs}"}}],
-    }
+    transaction = reading_bundle("transaction", f"Observation/{obs}")
     with region.as_(tom.token()) as c:
         assert (
             c.post("Observation", content=orjson.dumps(observation(anna, "8867-4", 60)), headers=JSON).status_code
