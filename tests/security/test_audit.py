@@ -804,6 +804,22 @@ def test_r_log_4_an_auditor_reads_the_log_of_their_own_care_providers_users(regi
         assert str(hsv_event) not in reviewed and reviewed
         extract = c.get(f"Patient/{anna}/$log-extract").json()
         assert c.get("$log-review", params={"sampleRate": "x"}).status_code == 400
+        vc_event = events(store, user_id=vc.hsa, action="search")[-1].seq
+
+        def completed(seqs: str) -> int:
+            done = {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "events", "valueString": seqs},
+                    {"name": "finding", "valueString": "Inget att anmärka"},
+                    {"name": "action", "valueString": "Ingen"},
+                ],
+            }
+            return c.post("$log-review", content=orjson.dumps(done), headers=JSON).status_code
+
+        assert completed(f"{vc_event},{hsv_event}") == 400  # the municipality's record is not this reviewer's
+        assert completed("999999999") == 400
+        assert completed(str(vc_event)) == 201
     with region.as_(token(region.pnr["anna"], "citizen")) as c:
         own = c.get(f"Patient/{anna}/$log-extract").json()
     assert len(own["entry"]) > len(extract["entry"])

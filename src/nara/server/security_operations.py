@@ -695,6 +695,16 @@ def log_review(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
         events = [int(x) for x in str(params.get("events", "")).split(",") if x.strip().isdigit()]
         if not events or not params.get("action"):
             raise FhirError(400, "required", "A completed review needs events, finding and action")
+        provider = _audited_provider(actor)
+        known = select(audit_event.c.seq).where(audit_event.c.seq.in_(sorted(set(events))))
+        if provider is not None:
+            known = known.where(audit_event.c.provider_id == provider)
+        found = {int(r.seq) for r in tx.conn.execute(known)}
+        missing = sorted(set(events) - found)
+        if missing:  # another provider's record reads as one that does not exist (it is none of the reviewer's)
+            raise FhirError(
+                400, "invalid", f"Not records of this reviewer's log: {', '.join(map(str, missing[:20]))}", ["events"]
+            )
         review_id = audit.store_review(
             tx.conn, actor.subject, events, str(params["finding"]), str(params["action"]), (start, end)
         )
