@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import Alias, and_, false, or_, select
+from sqlalchemy import Alias, false, select
 
 from nara.fhir.identifiers import normalize_system
 from nara.fhir.outcome import FhirError
@@ -26,6 +26,7 @@ from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
 from nara.security.rules import (
     may_be_protected,
+    patients_with_identifiers,
     protected_by_label,
     without_protected_address,
     without_protected_elements,
@@ -35,7 +36,7 @@ from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
 from nara.store.crud import Stored, Tx
-from nara.store.schema import resource, sp_token
+from nara.store.schema import resource
 from nara.store.store import Store
 
 log = logging.getLogger("nara.security")
@@ -309,9 +310,12 @@ class Gate:
             # Every patient a refused search names (URL, form body, lists, identifiers), as a permitted search's
             # record reads them.
             patients = _searched_patients(req)
+            identifiers = _identifier_values(req)
             try:
-                with self.store.transaction(write=False) as tx:
-                    patients = list(dict.fromkeys(patients + _identified_patients(tx, req)))
+                if identifiers:  # no transaction for the usual refusal
+                    with self.store.transaction(write=False) as tx:
+                        named = patients_with_identifiers(tx.conn, identifiers, MAX_DENIED_PATIENTS)
+                    patients = list(dict.fromkeys(patients + named))
             except FhirError:
                 pass  # the denial is logged with the patients the request names by id
             patients = patients[:MAX_DENIED_PATIENTS]
@@ -505,7 +509,7 @@ def _searched_patients(req: Any) -> list[str]:
     found: list[str] = []
     if len(parts) >= 3 and parts[0] == "Patient" and not parts[1].startswith(("$", "_")):
         found.append(parts[1][:64])
-    names = ("patient", "subject", "_id") if parts in (["Patient"], ["Patient", "_search"]) else ("patient", "subject")
+    names = ("patient", "subject", "_id") if _searches_patients(req) else ("patient", "subject")
     for k, v in _search_parameters(req):
         name, _, modifier = k.partition(":")
         if name not in names or modifier not in ("", "Patient"):
@@ -527,10 +531,10 @@ _CHAINED_IDENTIFIERS = frozenset(
 )
 
 
-def _identified_patients(tx: Tx, req: Any) -> list[str]:
-    """The patients a search names by identifier (``Patient?identifier=``, ``Observation?subject.identifier=``),
-    found in the search index whether or not the user may see them: the record says about whom the user asked."""
-    of_patients = [p for p in req.path.strip("/").split("/") if p] in (["Patient"], ["Patient", "_search"])
+def _identifier_values(req: Any) -> list[tuple[str | None, str]]:
+    """The (system, value) identifiers by which a search names patients: ``Patient?identifier=`` and
+    ``Observation?subject.identifier=`` (a personnummer, say)."""
+    of_patients = _searches_patients(req)
     wanted: list[tuple[str | None, str]] = []
     for k, v in _search_parameters(req):
         if k in _CHAINED_IDENTIFIERS or (of_patients and k == "identifier"):
@@ -538,18 +542,18 @@ def _identified_patients(tx: Tx, req: Any) -> list[str]:
                 system, sep, code = one.strip().rpartition("|")
                 if code:
                     wanted.append((normalize_system(system) if sep and system else None, code))
-    if not wanted:
-        return []
-    matches = [
-        and_(sp_token.c.code == code, *([sp_token.c.system == system] if system else [])) for system, code in wanted
-    ]
-    found = tx.conn.execute(
-        select(sp_token.c.patient_id)
-        .where(sp_token.c.res_type == "Patient", sp_token.c.param == "identifier", or_(*matches))
-        .distinct()
-        .limit(MAX_DENIED_PATIENTS)
-    ).all()
-    return sorted(r.patient_id for r in found if r.patient_id)
+    return wanted
+
+
+def _identified_patients(tx: Tx, req: Any) -> list[str]:
+    """The patients a search names by identifier, found in the search index whether or not the user may see them:
+    the record says about whom the user asked."""
+    return patients_with_identifiers(tx.conn, _identifier_values(req), MAX_DENIED_PATIENTS)
+
+
+def _searches_patients(req: Any) -> bool:
+    """Whether the request is a search of Patient itself (where ``_id`` and ``identifier`` name patients)."""
+    return [p for p in req.path.strip("/").split("/") if p] in (["Patient"], ["Patient", "_search"])
 
 
 def _body_patient(body: dict[str, Any], rtype: str) -> list[str]:

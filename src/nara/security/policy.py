@@ -70,6 +70,7 @@ from nara.security.rules import (
     is_protected,
     names_guardian,
     patient_asserted,
+    patients_with_identifiers,
     ref_id,
     with_patient_asserted,
     with_register_data_of,
@@ -922,33 +923,21 @@ class Policy:
     def _check_new_identity(self, tx: Tx, body: dict[str, Any]) -> None:
         """A new Patient may not carry a personal identity number another patient's record has (409): one person,
         one record, so that the number identifies one patient to the portal and to staff."""
-        numbers = [
+        numbers: list[tuple[str | None, str]] = [
             (normalize_system(i.get("system")), str(i.get("value")))
             for i in body.get("identifier") or []
             if is_personal_identifier(i)
         ]
-        if not numbers:
-            return
-        taken = tx.conn.execute(
-            select(sp_token.c.rid)
-            .where(
-                sp_token.c.res_type == "Patient",
-                sp_token.c.param == "identifier",
-                or_(*(and_(sp_token.c.system == system, sp_token.c.code == value) for system, value in numbers)),
-            )
-            .limit(1)
-        ).first()
-        if taken is not None:
+        if patients_with_identifiers(tx.conn, numbers, limit=1):
             raise FhirError(409, "duplicate", "A patient with this personal identity number is already registered")
 
     def labelled_for_writer(self, res: dict[str, Any]) -> dict[str, Any]:
         """``res`` as stored for this writer: a citizen's or proxy's write carries the patient-asserted label,
         a staff member's never does (staff cannot claim the patient entered it), a system client's (an
         integration bringing in home measurements, say) is stored as sent."""
-        actor = self.actor
-        if actor.policy_off or actor.kind == "system":
+        if self._trusted_writer():
             return res
-        return with_patient_asserted(res, actor.kind in ("citizen", "proxy"))
+        return with_patient_asserted(res, self.actor.kind in ("citizen", "proxy"))
 
     def check_scope(self, rtype: str, action: str) -> None:
         """Raise 403 unless the token's SMART scopes allow ``action`` on ``rtype``: ``r`` reads by id (read, vread,
@@ -982,7 +971,7 @@ class Policy:
         current = None
         if rtype == "Consent" and action in ("update", "delete"):
             current = self._check_consent_change(tx, action, body)  # business rules that bind every writer
-        if actor.policy_off or actor.kind == "system":
+        if self._trusted_writer():
             return
         if rtype == "RelatedPerson" and (names_guardian(body or {}) or names_guardian(existing or {})):
             # A guardian reads the child's record with a proxy token: no one may make themselves one.

@@ -12,13 +12,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, delete, insert, not_, select
+from sqlalchemy import Connection, and_, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
-from nara.store.schema import resource
+from nara.store.schema import resource, sp_token
 from nara.store.store import register_write_hook
 
 if TYPE_CHECKING:
@@ -99,13 +99,19 @@ def _actors(provision: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return out
 
 
-def is_protected(res: dict[str, Any]) -> bool:
-    """Whether a Patient carries a protected-identity label (sekretessmarkering, skyddad folkbokföring; R-ID-3)."""
-    labels = (res.get("meta") or {}).get("security", [])
-    return any(
-        isinstance(x, dict) and x.get("system") == PROTECTED_LABEL_SYSTEM and x.get("code") in PROTECTED_LABELS
-        for x in labels
+def is_protected_label(coding: Any) -> bool:
+    """Whether a security label Coding marks protected identity (sekretessmarkering, skyddad folkbokföring)."""
+    return (
+        isinstance(coding, dict)
+        and coding.get("system") == PROTECTED_LABEL_SYSTEM
+        and coding.get("code") in PROTECTED_LABELS
     )
+
+
+def is_protected(res: dict[str, Any]) -> bool:
+    """Whether a Patient carries a protected-identity label (R-ID-3)."""
+    labels = (res.get("meta") or {}).get("security", [])
+    return any(is_protected_label(x) for x in labels)
 
 
 # The security label of data the patient (or a proxy) entered: HL7's integrity label "patient asserted". Nära
@@ -174,6 +180,24 @@ def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]
     return found
 
 
+def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | None, str]], limit: int) -> list[str]:
+    """The Patients (at most ``limit``) whose identifiers include one of ``identifiers`` ((system or None for any,
+    value) pairs), from the search index, whatever the current user may see."""
+    if not identifiers:
+        return []
+    matches = [
+        and_(sp_token.c.code == code, *([sp_token.c.system == system] if system else []))
+        for system, code in identifiers
+    ]
+    found = conn.execute(
+        select(sp_token.c.patient_id)
+        .where(sp_token.c.res_type == "Patient", sp_token.c.param == "identifier", or_(*matches))
+        .distinct()
+        .limit(limit)
+    ).all()
+    return sorted(r.patient_id for r in found if r.patient_id)
+
+
 def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
     """``res`` without its address (and the contacts and narrative that may repeat it) if it is a Patient with
     protected identity (R-ID-3), else ``res`` itself.
@@ -198,9 +222,6 @@ def with_register_data_of(body: dict[str, Any], current: dict[str, Any]) -> dict
     its own: facts of the population register, which only its feed (a system client) sets or removes. A staff
     member who added her own personnummer to a patient would read the record as that patient."""
 
-    def protected_label(c: Any) -> bool:
-        return isinstance(c, dict) and c.get("system") == PROTECTED_LABEL_SYSTEM and c.get("code") in PROTECTED_LABELS
-
     def same(a: list[Any], b: list[Any]) -> bool:
         return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
@@ -210,11 +231,11 @@ def with_register_data_of(body: dict[str, Any], current: dict[str, Any]) -> dict
     if not same([i for i in ids if is_personal_identifier(i)], ids_now):
         out = {**out, "identifier": [i for i in ids if not is_personal_identifier(i)] + ids_now}
     meta_now: dict[str, Any] = current["meta"] if isinstance(current.get("meta"), dict) else {}
-    labels_now = [c for c in meta_now.get("security") or [] if protected_label(c)]
+    labels_now = [c for c in meta_now.get("security") or [] if is_protected_label(c)]
     meta = dict(body["meta"]) if isinstance(body.get("meta"), dict) else {}
     labels: list[Any] = meta["security"] if isinstance(meta.get("security"), list) else []
-    if not same([c for c in labels if protected_label(c)], labels_now):
-        kept = [c for c in labels if not protected_label(c)] + labels_now
+    if not same([c for c in labels if is_protected_label(c)], labels_now):
+        kept = [c for c in labels if not is_protected_label(c)] + labels_now
         if kept:
             meta["security"] = kept
         else:

@@ -313,12 +313,12 @@ class Tx:
                 if st.deleted:
                     raise FhirError(410, "deleted", f"Version {version} of {rtype}/{rid} is a deletion")
                 return st
-        if self.policy is not None and self._current(rtype, rid) is not None and not self._seen(rtype, rid):
+        if self.policy is not None and self._current(rtype, rid) is not None and not self.sees(rtype, rid):
             raise _hidden(rtype, rid)  # as a read of it answers (logged); not which versions exist
         raise not_found(f"Version {version} of {rtype}/{rid} is not known")
 
-    def _seen(self, rtype: str, rid: str) -> bool:
-        """Whether the policy lets this transaction's user see the resource's current row."""
+    def sees(self, rtype: str, rid: str) -> bool:
+        """Whether the resource's current row exists and the policy lets this transaction's user see it."""
         q = select(resource.c.rid).where(
             resource.c.res_type == rtype, resource.c.res_id == rid, *self.visible(resource, rtype)
         )

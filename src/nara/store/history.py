@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlalchemy import and_, func, literal_column, or_, select, union_all
+from sqlalchemy import and_, func, or_, select, union_all
 
 from nara.fhir.outcome import FhirError
 from nara.store.crud import Stored
@@ -108,13 +108,7 @@ def history(
     total = None
     if with_total:
         total = int(tx.conn.execute(select(func.count()).select_from(union_all(*parts).subquery())).scalar_one())
-    if rtype is not None and rid is not None and not entries and not cursor:
-        # Nothing to show: a resource the policy hides answers 403 as a read of it does (logged), a missing one 404.
-        seen: object = tx.conn.execute(
-            select(literal_column("1"))
-            .select_from(resource)
-            .where(resource.c.res_type == rtype, resource.c.res_id == rid, *tx.visible(resource, rtype))
-        ).first()
-        if seen is None:
-            tx.hidden_or_missing(rtype, rid)
+    # Nothing to show: a resource the policy hides answers 403 as a read of it does (logged), a missing one 404.
+    if rtype is not None and rid is not None and not entries and not cursor and not tx.sees(rtype, rid):
+        tx.hidden_or_missing(rtype, rid)
     return HistoryPage(entries, total, _cursor(entries[-1]) if more and entries else None)
