@@ -522,14 +522,7 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
         assert {"colleague-record", "protected-identity", "vip"} <= flagged[region.staff["vc"].hsa]
         assert region.staff["hsv"].hsa not in flagged  # the municipality's nurse: her provider reviews her
         seqs = ",".join(str(e["resource"]["id"]) for e in r.json()["entry"][:3])
-        done = {
-            "resourceType": "Parameters",
-            "parameter": [
-                {"name": "events", "valueString": seqs},
-                {"name": "finding", "valueString": "Egen journal öppnad"},
-                {"name": "action", "valueString": "Samtal med chef"},
-            ],
-        }
+        done = completed_review(seqs, "Egen journal öppnad", "Samtal med chef")
         assert c.post("$log-review", content=orjson.dumps(done), headers=JSON).status_code == 201
         # The log is readable as AuditEvent by the auditor, not by others.
         assert c.get(f"AuditEvent?patient={anna}").json()["total"] > 0
@@ -550,6 +543,18 @@ def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Regio
         reviews = conn.execute(select(audit_review)).all()
     assert len(reviews) == 1 and reviews[0].finding == "Egen journal öppnad"
     assert reviews[0].reviewer == region.staff["audit"].hsa
+
+
+def completed_review(events: str, finding: str, action: str) -> dict[str, Any]:
+    """The Parameters of ``POST $log-review`` that store a completed review of the records ``events``."""
+    return {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "events", "valueString": events},
+            {"name": "finding", "valueString": finding},
+            {"name": "action", "valueString": action},
+        ],
+    }
 
 
 def reading_bundle(kind: str, url: str) -> dict[str, Any]:
@@ -807,14 +812,7 @@ def test_r_log_4_an_auditor_reads_the_log_of_their_own_care_providers_users(regi
         vc_event = events(store, user_id=vc.hsa, action="search")[-1].seq
 
         def completed(seqs: str) -> int:
-            done = {
-                "resourceType": "Parameters",
-                "parameter": [
-                    {"name": "events", "valueString": seqs},
-                    {"name": "finding", "valueString": "Inget att anmärka"},
-                    {"name": "action", "valueString": "Ingen"},
-                ],
-            }
+            done = completed_review(seqs, "Inget att anmärka", "Ingen")
             return c.post("$log-review", content=orjson.dumps(done), headers=JSON).status_code
 
         assert completed(f"{vc_event},{hsv_event}") == 400  # the municipality's record is not this reviewer's
