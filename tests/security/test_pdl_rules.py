@@ -822,6 +822,24 @@ def test_a_writer_may_not_change_what_the_policy_hides_from_them(region: Region)
         assert s.get(f"Observation/{sid}").json()["valueQuantity"]["value"] == 9.9
 
 
+def test_r_acc_1_deleting_again_what_the_policy_hides_answers_as_a_read_does(region: Region, store: Store) -> None:
+    """A second DELETE is idempotent (204) for whom may read the resource; for anyone else it answers 403 like a
+    read of it, logged as a denial, and does not tell that the resource was there and is gone."""
+    anna = region.patients["anna"]
+    nurse, tom = region.staff["vc"], region.staff["tom"]  # Tom has no care relationship with Anna
+    with client(region, nurse.token()) as c:
+        oid = c.post("Observation", content=orjson.dumps(observation(anna, "8867-4", 61.0)), headers=JSON).json()["id"]
+        assert c.delete(f"Observation/{oid}").status_code == 204
+        assert c.delete(f"Observation/{oid}").status_code == 204  # gone, and she may know it
+        assert c.get(f"Observation/{oid}").status_code == 410
+    with client(region, tom.token()) as c:
+        answers = [c.get(f"Observation/{oid}"), c.delete(f"Observation/{oid}")]
+        assert [a.status_code for a in answers] == [403, 403]
+        assert c.delete("Observation/never-there").status_code == 404
+    denials = audit_rows(store, user_id=tom.hsa, action="delete")
+    assert [(row.outcome, row.resource_id) for row in denials][-1:] == [("deny", oid)]
+
+
 def test_r_acc_1_history_and_versions_of_a_hidden_resource_are_refused_and_logged(region: Region, store: Store) -> None:
     """A resource's history and its versions are read like the resource: where the policy hides it, 403 and a
     logged denial naming its patient (an empty history or a 404 would tell it exists without logging the try)."""

@@ -590,6 +590,8 @@ class Tx:
         if cur is None:
             raise not_found(f"{rtype}/{rid} is not known")
         if cur.deleted:
+            if self.policy is not None and not self.sees(rtype, rid):
+                raise _hidden(rtype, rid)  # as a read of it answers: not whether it was there and is gone
             return WriteResult(204, None, unchanged=True)
         existing = self._current_as_seen(cur, rtype, rid)
         if self.policy is not None:
