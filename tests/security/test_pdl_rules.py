@@ -293,6 +293,41 @@ def test_r_acc_6_emergency_access_needs_reason_and_attestation_and_is_flagged(re
     assert audit_rows(store, action="emergency-access")[0].reason.startswith("Medvetslös")
 
 
+def test_r_acc_3_an_emergency_assertion_replaces_consent_never_the_care_relationship(region: Region) -> None:
+    """R-ACC-3 (a): another provider's data needs a care relationship as well as a consent or an emergency
+    assertion. Without a care relationship, emergency access cannot be asserted, and one asserted while the
+    relationship lasted opens nothing once it has ended (before, the assertion counted as a relationship)."""
+    anna = region.patients["anna"]
+    hsv_obs, vc_obs = region.data["hsv"], region.data["vc"]  # type: ignore[attr-defined]
+    tom = region.staff["tom"]  # the region's unit TOM, right of scope SJF, no care relationship with Anna
+    emergency = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "reason", "valueString": "Medvetslös vid ankomst"},
+            {"name": "consentUnobtainable", "valueBoolean": True},
+        ],
+    }
+    episode = {
+        "resourceType": "EpisodeOfCare",
+        "status": "active",
+        "patient": {"reference": f"Patient/{anna}"},
+        "managingOrganization": {"reference": f"Organization/{TOM}"},
+    }
+    with client(region, tom.token()) as c:
+        path = f"Patient/{anna}/$emergency-access"
+        assert c.post(path, content=orjson.dumps(emergency), headers=JSON).status_code == 403
+        created = c.post("EpisodeOfCare", content=orjson.dumps(episode), headers=JSON)
+        assert created.status_code == 201, created.text
+        assert c.post(path, content=orjson.dumps(emergency), headers=JSON).status_code == 200
+        assert hsv_obs in visible(region, tom.token())  # the municipality's data, by emergency (SVOD)
+        assert vc_obs not in visible(region, tom.token())  # another unit of his own provider: no active choice
+        ended = {**created.json(), "status": "finished"}
+        assert c.put(f"EpisodeOfCare/{ended['id']}", content=orjson.dumps(ended), headers=JSON).status_code == 200
+        assert c.get(f"Observation/{hsv_obs}").status_code == 403
+        assert c.get(f"Patient/{anna}").status_code == 403
+    assert visible(region, tom.token()) == set()
+
+
 def logged_assertions(store: Store, user: str, action: str) -> tuple[str | None, dict[str | None, tuple[str, Any]]]:
     """The assertion of the user's latest ``action`` record, and its accesses by owning unit: (type, assertion)."""
     last = audit_rows(store, user_id=user, action=action)[-1]

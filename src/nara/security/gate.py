@@ -401,7 +401,7 @@ class Gate:
 
     def _outside_care(self, tx: Tx, asked: list[str]) -> list[str]:
         """The patients a staff member's search (or $everything, $lastn) asked about without a care relationship
-        or an emergency assertion at their unit (R-ACC-1). Their data was not shown; the attempt is logged and
+        at their unit (R-ACC-1). Their data was not shown; the attempt is logged and
         flagged for the log review. The rules a pinned search read are reused; others are read here."""
         policy: Policy = tx.policy
         actor = policy.actor

@@ -7,8 +7,9 @@ query it runs for the actor: reads by id, searches (and their totals, paging and
 Staff (one assignment: unit U, care provider P, practitioner E), reading a row owned by (org, unit):
 
 - rows without a patient: directory and catalogue types for everyone; others for their owner provider;
-- patient rows need a current care relationship between the patient and U (R-ACC-1), or an active
-  emergency assertion at U (R-ACC-6); the purpose must be *Vård och behandling*;
+- patient rows need a current care relationship between the patient and U (R-ACC-1); an emergency
+  assertion (R-ACC-6) stands in for a consent, never for it (R-ACC-3 (a)); the purpose must be *Vård och
+  behandling*;
 - own unit (unit = U), or unowned rows: readable;
 - another unit of P: only after the active choice (R-ACC-2) with a right of scope VG or SJF, and never
   through a block on that unit;
@@ -361,15 +362,13 @@ class Policy:
         return self.patient_facts[patient]
 
     def _relation_in(self, rows: list[Any]) -> bool:
-        """Whether the patient's rules give me a relation: a current care relationship at my unit, or an
-        emergency assertion of mine in force (R-ACC-1, R-ACC-6)."""
-        return any(r.kind == "care" and self._current(r) for r in rows) or any(
-            r.kind == "emergency" and self._mine(r) for r in rows
-        )
+        """Whether the patient's rules give me a relation: a current care relationship at my unit (R-ACC-1).
+        An emergency assertion stands in for a consent, never for the relationship (R-ACC-3 (a))."""
+        return any(r.kind == "care" and self._current(r) for r in rows)
 
     def has_relation_with(self, tx: Tx, patient: str) -> bool:
-        """Whether I (staff) have a relation with ``patient``: a care relationship at my unit or an emergency
-        assertion of mine in force, from the rules this request read (read now if it did not)."""
+        """Whether I (staff) have a relation with ``patient``: a current care relationship at my unit, from the
+        rules this request read (read now if it did not)."""
         return self._relation_in(self.patient_rules(tx, patient))
 
     def _current(self, r: Any) -> bool:
@@ -540,7 +539,7 @@ class Policy:
                 return false()
             return or_(non_patient, and_(care, _own_unit(a.c)))
         emergency = self._assertion(a.c.patient_id, "emergency")
-        relation = or_(care, emergency)
+        relation = care  # an emergency assertion replaces a consent, not the care relationship (R-ACC-3 (a))
         own_unit = _own_unit(a.c)
         allowed_parts = []
         if actor.other_units_chosen and (assignment.has_right("Läsa", "VG") or assignment.has_right("Läsa", "SJF")):
