@@ -538,7 +538,8 @@ def reindex_command(
     types: str | None = typer.Option(None, "--type", help="Comma-separated resource types (default: all)"),
     batch_size: int = typer.Option(500, help="Resources per transaction"),
 ) -> None:
-    """Rebuild the search index rows of every stored resource (after the extraction rules changed)."""
+    """Rebuild the search index rows and the derived access rules (care relationships, consents, blocks) of
+    every stored resource, after the extraction or access rules changed."""
     from nara.config import Settings
     from nara.fhir.spec import spec
     from nara.store.reindex import count_resources, reindex

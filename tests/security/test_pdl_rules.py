@@ -16,7 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 
-from nara.security.schema import audit_access, audit_event
+from nara.security.schema import audit_access, audit_event, care_relation
 from nara.store.reindex import reindex
 from nara.store.store import Store
 from tests.conftest import token
@@ -1410,6 +1410,37 @@ def test_r_id_3_a_protected_address_is_not_searchable_even_after_a_reindex(regio
         assert found(f"_id={hidden}") == 1
         assert found(f"_id={anna}&address=Storgatan") == 1  # an ordinary patient's address is searchable
         reindex(store, ["Patient"])
+
+
+def test_r_acc_1_a_reindex_derives_care_relationships_of_older_data_by_the_rules_of_now(
+    region: Region, store: Store
+) -> None:
+    """A unit establishes only its own care relationships (since 2026-12-06). A relationship an older version
+    derived for another unit, from a resource a staff member wrote, stays until that resource is written
+    again, or until ``nara reindex`` derives every resource's access rules again."""
+    anna = region.patients["anna"]
+    tom = region.staff["tom"]  # no care relationship with Anna
+    episode = {
+        "resourceType": "EpisodeOfCare",
+        "status": "active",
+        "patient": {"reference": f"Patient/{anna}"},
+        "managingOrganization": {"reference": f"Organization/{TOM}"},
+    }
+    written = region.post(episode, region.staff["vc"].token())  # the health centre names the unit TOM
+    with store.transaction() as tx:
+        rid = tx.read("EpisodeOfCare", written["id"]).rid
+        assert tx.conn.execute(select(care_relation).where(care_relation.c.source_rid == rid)).all() == []
+        # What the rules before 2026-12-06 derived from it: a relationship for the unit it names.
+        tx.conn.execute(care_relation.insert().values(source_rid=rid, patient_id=anna, unit=TOM))
+    with client(region, tom.token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 200
+    reindex(store, ["EpisodeOfCare", "Encounter", "CareTeam"])
+    with client(region, tom.token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 403
+    with client(region, region.staff["vc"].token()) as c:  # the register's relationships are derived again
+        assert c.get(f"Patient/{anna}").status_code == 200
+    with client(region, region.staff["avd"].token()) as c:  # the ward's, from its encounter
+        assert c.get(f"Patient/{anna}").status_code == 200
 
 
 def test_r_id_3_a_conditional_create_that_finds_the_patient_shows_no_address_and_is_logged_as_a_read(

@@ -2,23 +2,28 @@
 
 Needed after the extraction rules change (a new Nära version, a fixed parameter): every current
 resource is read back, its index rows are extracted again, and its old rows, ``index_mask`` and
-``patient_id`` are replaced. The work goes in batches of ``batch_size`` resources, each in its own
-transaction that locks its rows (``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so a
-server can keep running: a write to a resource either lands before its batch or waits for it.
+``patient_id`` are replaced. The rows other layers derive from each write (``DEFAULT_WRITE_HOOKS``: the
+access rules, care relationships and consents, that the security layer keeps) are derived again too, so
+that rules changed in a new version also apply to data written before it.
+
+The work goes in batches of ``batch_size`` resources, each in its own transaction that locks its rows
+(``FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so a server can keep running: a write to a
+resource either lands before its batch or waits for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from sqlalchemy import bindparam, delete, false, func, select, update
 
+from nara.store.crud import Stored
 from nara.store.database import json_out
 from nara.store.indexing import index_params, insert_index
 from nara.store.schema import INDEX_TABLES, resource
-from nara.store.store import Store
+from nara.store.store import DEFAULT_WRITE_HOOKS, Store
 
 
 @dataclass
@@ -48,8 +53,9 @@ def reindex(
     after = 0
     while True:
         with store.transaction() as tx:
+            cols = [c for c in resource.c if c.name not in ("content", "index_mask")]
             stmt = (
-                select(resource.c.rid, resource.c.patient_id, json_out(resource.c.content, tx.pg).label("content"))
+                select(*cols, json_out(resource.c.content, tx.pg).label("content"))
                 .where(resource.c.deleted == false(), resource.c.rid > after)
                 .order_by(resource.c.rid)
                 .limit(batch_size)
@@ -80,6 +86,10 @@ def reindex(
                 .values(index_mask=bindparam("b_mask"), patient_id=bindparam("b_patient")),
                 changes,
             )
+            for r, change in zip(batch, changes, strict=True):
+                st = replace(Stored.from_row(r), patient_id=change["b_patient"])
+                for hook in DEFAULT_WRITE_HOOKS:  # derived rows, as a write of this version would make them
+                    hook(tx, "REINDEX", st)
             summary.resources += len(batch)
             summary.rows += sum(len(v) for v in rows.values())
             after = rids[-1]
