@@ -486,6 +486,40 @@ def test_r_log_3_patient_gets_log_extract_with_unit_time_and_name(region: Region
     assert [[a.access_type for a in accesses(store, e.seq)] for e in asked] == [["citizen"], ["proxy"]]
 
 
+def test_r_log_1_an_operation_that_logs_itself_leaves_one_record_not_two(region: Region, store: Store) -> None:
+    """$log-extract, $emergency-access and $break-block write their own record (their action, access type,
+    reason and assertion); the gate's generic "operation" record beside it said the same thing again, without them."""
+    anna = region.patients["anna"]
+    after = max((e.seq for e in events(store)), default=0)
+
+    def new_actions() -> list[str]:
+        nonlocal after
+        found = [e for e in events(store) if e.seq > after]
+        after = max((e.seq for e in found), default=after)
+        return sorted(e.action for e in found)
+
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 200
+    assert new_actions() == ["log-extract"]
+    with region.as_(region.staff["audit"].token()) as c:
+        assert c.get(f"Patient/{anna}/$log-extract").status_code == 200
+    assert new_actions() == ["log-extract"]
+    params = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "reason", "valueString": "Medvetslös"},
+            {"name": "consentUnobtainable", "valueBoolean": True},
+        ],
+    }
+    with region.as_(region.staff["hsv"].token()) as c:
+        r = c.post(f"Patient/{anna}/$emergency-access", content=orjson.dumps(params), headers=JSON)
+        assert r.status_code == 200, r.text
+    assert new_actions() == ["create", "emergency-access"]  # the assertion's Consent, and the access itself
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Patient/{anna}/$everything").status_code == 200  # no record of its own: the gate's
+    assert new_actions() == ["operation"]
+
+
 def test_r_log_4_review_flags_criteria_and_stores_completed_review(region: Region, store: Store) -> None:
     anna, hidden = region.patients["anna"], region.patients["hidden"]
     # own record: the staff member "self" has Anna's personnummer; same surname and address too.

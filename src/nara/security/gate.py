@@ -377,7 +377,7 @@ class Gate:
         action = interaction_kind(req.method.upper(), req.path)
         if action is None and out.returned:
             action = "read"  # a write that returned what it did not write (a conditional create's match)
-        if action is None or tx.policy is None:
+        if action is None or tx.policy is None or out.recorded:
             return
         recorder = tx.read_recorder
         tx.read_recorder = None

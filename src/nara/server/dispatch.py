@@ -78,6 +78,8 @@ class Outcome:
     # Patients whose access log the interaction showed (an auditor's AuditEvent search or $log-review): named in
     # its audit record with access type log-review, so each sees it in her log extract.
     logs_shown: list[str] = field(default_factory=list)
+    # The operation wrote the interaction's audit record itself (its own action, access type, reason, assertion).
+    recorded: bool = False
 
 
 Operation = Callable[[Tx, Context, FhirRequest, str | None, str | None], Outcome]

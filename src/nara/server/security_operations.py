@@ -213,6 +213,7 @@ def emergency_access(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, 
                 {"name": "validUntil", "valueInstant": instant(end)},
             ],
         },
+        recorded=True,
     )
 
 
@@ -298,6 +299,7 @@ def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
                     for c in sorted(custodians)
                 ],
             },
+            recorded=True,
         )
     if step != "content":
         raise FhirError(400, "invalid", "step must be 'where' (step 1) or 'content' (step 2)")
@@ -343,6 +345,7 @@ def break_block(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
                 {"name": "validUntil", "valueInstant": instant(end)},
             ],
         },
+        recorded=True,
     )
 
 
@@ -412,7 +415,8 @@ def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
         for r in rows
     ]
     _audit(tx, "log-extract", rid, set(), None, None)
-    return Outcome(200, {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries})
+    body = {"resourceType": "Bundle", "type": "collection", "total": len(entries), "entry": entries}
+    return Outcome(200, body, recorded=True)
 
 
 ACTION_CODE = {
