@@ -1443,6 +1443,72 @@ def test_r_acc_1_a_reindex_derives_care_relationships_of_older_data_by_the_rules
         assert c.get(f"Patient/{anna}").status_code == 200
 
 
+PATCH_JSON = "application/json-patch+json"
+PROTECTED_SYSTEM = "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel"
+
+
+def test_r_id_3_a_protected_patients_household_shows_no_address_either(region: Region, store: Store) -> None:
+    """The people recorded about a protected patient (RelatedPerson: her guardian, partner, parent) most often
+    live with her: their address is hers. It is not shown, searchable, testable by a patch or lost on an update,
+    and a patient who becomes protected takes her household's address out of sight with hers."""
+    hidden, anna = region.patients["hidden"], region.patients["anna"]
+
+    def related(patient: str, line: str) -> dict[str, Any]:
+        return {
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": f"Patient/{patient}"},
+            "relationship": [
+                {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "SPS"}]}
+            ],
+            "name": [{"family": "Dold", "given": ["Partner"]}],
+            "address": [{"line": [line], "city": "Örebro"}],
+            "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{line}</div>'},
+        }
+
+    household = region.post(related(hidden, "Hemlig väg 7"))["id"]  # the population register's feed
+    neighbour = region.post(related(anna, "Storgatan 1"))["id"]
+
+    def total(c: httpx.Client, query: str) -> int:
+        r = c.get(f"RelatedPerson?{query}&_total=accurate")
+        assert r.status_code == 200, r.text
+        return int(r.json()["total"])
+
+    with client(region, region.staff["vc"].token()) as c:
+        shown = c.get(f"RelatedPerson/{household}")
+        assert shown.status_code == 200 and shown.json()["name"][0]["given"] == ["Partner"]
+        assert "address" not in shown.json() and "Hemlig" not in shown.text
+        assert "Hemlig" not in c.get(f"RelatedPerson?patient={hidden}").text
+        assert "Hemlig" not in c.get(f"RelatedPerson/{household}/_history").text
+        assert total(c, f"patient={hidden}&address=Hemlig") == 0
+        assert total(c, f"patient={hidden}&address-city=Örebro") == 0
+        assert total(c, f"patient={hidden}") == 1
+        assert total(c, f"patient={anna}&address=Storgatan") == 1  # an ordinary household is searchable
+        assert c.get(f"RelatedPerson/{neighbour}").json()["address"][0]["line"] == ["Storgatan 1"]
+        probe = [{"op": "test", "path": "/address/0/city", "value": "Örebro"}]
+        tested = c.patch(
+            f"RelatedPerson/{household}", content=orjson.dumps(probe), headers={"Content-Type": PATCH_JSON}
+        )
+        assert tested.status_code != 200 and "Hemlig" not in tested.text
+        phone = [{"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "070-1234567"}]}]
+        patched = c.patch(
+            f"RelatedPerson/{household}", content=orjson.dumps(phone), headers={"Content-Type": PATCH_JSON}
+        )
+        assert patched.status_code == 200, patched.text
+        assert "address" not in patched.json()
+        rewritten = {k: v for k, v in shown.json().items() if k != "meta"}
+        assert c.put(f"RelatedPerson/{household}", content=orjson.dumps(rewritten), headers=JSON).status_code == 200
+    with store.transaction(write=False) as tx:  # what is stored: kept, though the writers never saw it
+        assert tx.read("RelatedPerson", household).resource()["address"][0]["line"] == ["Hemlig väg 7"]
+    # Anna gets protected identity: her household's address goes out of sight and out of the index with hers.
+    with client(region, region.staff["vc"].token()) as c:
+        me = c.get(f"Patient/{anna}").json()
+    labelled = {**me, "meta": {"security": [{"system": PROTECTED_SYSTEM, "code": "skyddadFolkbokforing"}]}}
+    region.put(labelled)
+    with client(region, region.staff["vc"].token()) as c:
+        assert "Storgatan" not in c.get(f"RelatedPerson/{neighbour}").text
+        assert total(c, f"patient={anna}&address=Storgatan") == 0
+
+
 def test_r_id_3_a_conditional_create_that_finds_the_patient_shows_no_address_and_is_logged_as_a_read(
     region: Region, store: Store
 ) -> None:

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 
 from nara.fhir.dates import local_zone, utcnow
 from nara.security.actors import Actor
+from nara.security.rules import protected_patients
 from nara.security.schema import audit_access, audit_event, audit_review, pdl_rule
 from nara.store.memo import Memo
 
@@ -184,17 +185,6 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
     return params, accesses
 
 
-def _protected_among(conn: Connection, patient_ids: Iterable[str]) -> set[str]:
-    """The patients among ``patient_ids`` with protected identity (R-ID-3), looked up 5,000 at a time."""
-    ids = sorted(set(patient_ids))
-    protected: set[str] = set()
-    for start in range(0, len(ids), 5000):
-        chunk = ids[start : start + 5000]
-        found = select(pdl_rule.c.patient_id).where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(chunk))
-        protected.update(r[0] for r in conn.execute(found))
-    return protected
-
-
 def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
     """Insert one audit record (event + accesses) in the caller's transaction; returns its seq."""
     at = at or now_utc()
@@ -202,7 +192,7 @@ def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> in
     dialect = conn.dialect.name
     if dialect != "postgresql" and accesses and rec.lookup_protected:
         # SQLite: mark protected identity (R-ID-3) here; on PostgreSQL the insert statement does it.
-        protected = _protected_among(conn, {x.patient_id for x in accesses})
+        protected = protected_patients(conn, {x.patient_id for x in accesses})
         if protected:
             accesses = [replace(x, protected=x.protected or x.patient_id in protected) for x in accesses]
             if "protected-identity" not in (params["flags"] or ""):
@@ -237,7 +227,7 @@ def record_operator(
     """One record of an operator command's access to many patients' data (``nara export``, ``nara import``),
     in the caller's transaction: one access row per patient, protected identity marked (R-ID-3)."""
     ids = sorted({p for p in patients if p})
-    protected = _protected_among(conn, ids)
+    protected = protected_patients(conn, ids)
     rec = AuditRecord(
         action,
         "permit",

@@ -25,9 +25,12 @@ from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signi
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
 from nara.security.rules import (
+    HOUSEHOLD_TYPES,
+    in_protected_household,
     may_be_protected,
     patients_with_identifiers,
     protected_by_label,
+    protected_now,
     without_protected_address,
     without_protected_elements,
     without_staff_private_data,
@@ -63,11 +66,18 @@ class SecuritySettings:
     audit_retention_days: int = 1827
 
 
-def redact(st: Stored) -> Stored:
-    """Never show the address of a patient with protected identity (R-ID-3); show a staff member's private data
-    (personnummer, home address, birth date) only to directory administrators and system clients."""
+def redact(tx: Tx, st: Stored) -> Stored:
+    """Never show the address of a patient with protected identity (R-ID-3), nor her household's (her
+    RelatedPersons'); show a staff member's private data (personnummer, home address, birth date) only to
+    directory administrators and system clients."""
     if st.content is None:
         return st
+    if st.res_type in HOUSEHOLD_TYPES:
+        patient = in_protected_household(st.resource())
+        policy: Policy | None = tx.policy
+        if patient is None or not protected_now(tx.conn, patient, policy is None or policy.rules_available):
+            return st
+        return _shown(st, without_protected_elements)
     if st.res_type == "Practitioner":
         policy = current_policy.get()
         actor = policy.actor if policy is not None else None

@@ -64,18 +64,21 @@ from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, A
 from nara.security.identity import care_provider_of
 from nara.security.rules import (
     CONSENT_KIND_SYSTEM,
+    HOUSEHOLD_TYPES,
     PROTECTED_ELEMENTS,
     block_custodians,
     consent_kind,
+    in_protected_household,
     is_personal_identifier,
     is_protected,
     names_guardian,
     patient_asserted,
     patients_with_identifiers,
+    protected_now,
     ref_id,
     with_patient_asserted,
     with_register_data_of,
-    without_protected_address,
+    without_protected_elements,
 )
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
@@ -890,21 +893,30 @@ class Policy:
         """System clients (the population register's feed, integrations) and the policy-off superuser."""
         return self.actor.policy_off or self.actor.kind == "system"
 
-    def _keeps_address_hidden(self, rtype: str, current: dict[str, Any]) -> bool:
-        """Whether this writer works without a protected patient's address (all but system clients, which
-        bring it from the population register)."""
-        return rtype == "Patient" and not self._trusted_writer() and is_protected(current)
+    def _keeps_address_hidden(self, tx: Tx, rtype: str, current: dict[str, Any]) -> bool:
+        """Whether this writer works without the address of a protected patient, or of her household (her
+        RelatedPersons); all but system clients, which bring it from the population register."""
+        if self._trusted_writer():
+            return False
+        if rtype == "Patient":
+            return is_protected(current)
+        patient = in_protected_household(current)
+        return patient is not None and protected_now(tx.conn, patient, self.rules_available)
 
-    def shown_for_writing(self, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
+    def shown_for_writing(self, tx: Tx, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
         """The current version as this writer may see it while changing it (a JSON Patch applies to it): without
-        a protected patient's address, so that no patch can test, copy or move it into sight."""
-        return without_protected_address(current) if self._keeps_address_hidden(rtype, current) else current
+        a protected patient's (or her household's) address, so that no patch can test, copy or move it into
+        sight."""
+        return without_protected_elements(current) if self._keeps_address_hidden(tx, rtype, current) else current
 
-    def keep_register_data(self, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        """The body to store when this writer replaces ``current`` (a Patient): its personal identity numbers and
+    def keep_register_data(self, tx: Tx, rtype: str, current: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        """The body to store when this writer replaces ``current``. A Patient's personal identity numbers and
         protected-identity labels stay as stored unless a system client (the register's feed) writes; a protected
         patient's address, contacts and narrative stay as stored (the writer never saw them), and a body that
-        sets others is refused."""
+        sets others is refused. Her household's (a RelatedPerson's) address and narrative stay as stored when the
+        body leaves them out (the writer never saw them); a body that gives new ones replaces them."""
+        if rtype in HOUSEHOLD_TYPES and self._keeps_address_hidden(tx, rtype, current):
+            return {**body, **{k: current[k] for k in PROTECTED_ELEMENTS if k in current and k not in body}}
         if rtype != "Patient" or self._trusted_writer():
             return body
         body = with_register_data_of(body, current)

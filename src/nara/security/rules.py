@@ -18,7 +18,7 @@ from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
-from nara.store.schema import resource, sp_token
+from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook
 
 if TYPE_CHECKING:
@@ -178,6 +178,66 @@ def protected_by_label(conn: Connection, patient_ids: Iterable[str]) -> set[str]
             if isinstance(content, dict) and is_protected(content):
                 found.add(pid)
     return found
+
+
+def protected_patients(conn: Connection, patient_ids: Iterable[str]) -> set[str]:
+    """The patients among ``patient_ids`` with protected identity (R-ID-3), from the access-rule store (the
+    ``protected`` rows ``derive`` keeps from their Patient resources), looked up 5,000 at a time."""
+    ids = sorted(set(patient_ids))
+    protected: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        chunk = ids[start : start + 5000]
+        found = select(pdl_rule.c.patient_id).where(pdl_rule.c.kind == "protected", pdl_rule.c.patient_id.in_(chunk))
+        protected.update(r[0] for r in conn.execute(found))
+    return protected
+
+
+# A protected patient's household: the people recorded about her (RelatedPerson: a guardian, a partner, a
+# parent) live with her more often than not, and their address is hers. It is hidden and kept like hers.
+HOUSEHOLD_TYPES = frozenset({"RelatedPerson"})
+
+
+def in_protected_household(res: dict[str, Any]) -> str | None:
+    """The patient a RelatedPerson is about, when it shows what a protected patient never shows (its address,
+    narrative), else None: the one whose protection decides."""
+    if res.get("resourceType") not in HOUSEHOLD_TYPES or not any(k in res for k in PROTECTED_ELEMENTS):
+        return None
+    return ref_id(res.get("patient"), "Patient")
+
+
+def protected_now(conn: Connection, patient: str, rules_readable: bool = True) -> bool:
+    """Whether ``patient`` has protected identity now: from the access-rule store, or from her Patient resource
+    when that store cannot be read (R-BLK-5)."""
+    found = protected_patients(conn, [patient]) if rules_readable else protected_by_label(conn, [patient])
+    return bool(found)
+
+
+def without_household_address(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
+    """``res`` without its address and narrative if it is a RelatedPerson of a patient with protected identity,
+    else ``res`` itself (what the search index sees: a search by address would otherwise find her home)."""
+    patient = in_protected_household(res)
+    if patient is None or not protected_now(conn, patient):
+        return res
+    return without_protected_elements(res)
+
+
+def indexed_view(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
+    """What the search index sees of ``res``: nothing of a protected patient's or her household's address,
+    nothing of a staff member's private data."""
+    return without_household_address(conn, without_staff_private_data(without_protected_address(res)))
+
+
+def forget_household_address(conn: Connection, patient: str) -> None:
+    """Remove from the search index the address of the RelatedPersons of ``patient``, who has protected identity
+    now (indexed while she had not). Lifting the protection does not bring it back: a reindex or a write does."""
+    for table in (sp_string, sp_token):
+        conn.execute(
+            delete(table).where(
+                table.c.patient_id == patient,
+                table.c.res_type.in_(sorted(HOUSEHOLD_TYPES)),
+                or_(table.c.param == "address", table.c.param.like("address-%")),
+            )
+        )
 
 
 def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | None, str]], limit: int) -> list[str]:
@@ -449,8 +509,9 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
     else:
         params = [{**r, "source_rid": st.rid, "patient_id": st.patient_id} for r in rows]
     tx.conn.execute(insert(table), params)
+    if st.res_type == "Patient" and any(r["kind"] == "protected" for r in rows):
+        forget_household_address(tx.conn, st.patient_id)  # her household's address, indexed before she was
 
 
 register_write_hook(on_write)
-register_index_view(without_protected_address)
-register_index_view(without_staff_private_data)
+register_index_view(indexed_view)

@@ -276,18 +276,18 @@ class TransactionProcessor:
                 raise
             raise self._refused(e, plain[n], requests[plain[n]]) from None
         for i, res in zip(plain, created, strict=True):
-            results[i] = write_outcome(self.ctx, res)
+            results[i] = write_outcome(self.tx, self.ctx, res)
 
     def _execute(self, i: int, req: FhirRequest) -> Outcome:
         try:
             rid = self.new_ids.get(i)
             if rid is not None and req.method == "POST":
-                return write_outcome(self.ctx, self.tx.create(req.body, req.path, rid=rid))
+                return write_outcome(self.tx, self.ctx, self.tx.create(req.body, req.path, rid=rid))
             if rid is not None:
                 res = self.tx.conditional_update(
                     req.path, urlencode(req.query), req.body, if_match=req.header("if-match"), new_rid=rid
                 )
-                return write_outcome(self.ctx, res)
+                return write_outcome(self.tx, self.ctx, res)
             return dispatch(self.tx, self.ctx, req)
         except FhirError as e:
             raise self._refused(e, i, req) from None

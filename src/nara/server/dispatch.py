@@ -60,7 +60,7 @@ class Context:
     # Called before each interaction with (tx, request): lets a read by id write its record in its own statement.
     audit_before: Callable[[Tx, FhirRequest], None] | None = None
     # Applied to every resource version before it is returned (e.g. hiding protected addresses, R-ID-3).
-    redact: Callable[[Stored], Stored] | None = None
+    redact: Callable[[Tx, Stored], Stored] | None = None
     # Applied after ``redact`` to the versions a history or vread returns, as the current versions govern them.
     redact_versions: Callable[[Tx, list[Stored]], list[Stored]] | None = None
     # Called with (request, error) when an interaction is refused (403): the denial's audit record.
@@ -192,7 +192,7 @@ def _dispatch(tx: Tx, ctx: Context, req: FhirRequest) -> Outcome:
             return history_interaction(tx, ctx, req, rtype, rid)
         if n == 4:
             _check_scope(tx, rtype, "vread")
-            st = _redacted(ctx, tx.vread(rtype, rid, parts[3]))
+            st = _redacted(tx, ctx, tx.vread(rtype, rid, parts[3]))
             if ctx.redact_versions is not None:
                 st = ctx.redact_versions(tx, [st])[0]
             return Outcome(200, orjson.Fragment(st.json_bytes()), version_headers(st, ctx.base_url), st, [st])
@@ -206,8 +206,8 @@ def _dispatch(tx: Tx, ctx: Context, req: FhirRequest) -> Outcome:
 
 
 # ---- instance interactions --------------------------------------------------------------------
-def _redacted(ctx: Context, st: Stored) -> Stored:
-    return ctx.redact(st) if ctx.redact is not None else st
+def _redacted(tx: Tx, ctx: Context, st: Stored) -> Stored:
+    return ctx.redact(tx, st) if ctx.redact is not None else st
 
 
 def _check_scope(tx: Tx, rtype: str, action: str) -> None:
@@ -218,7 +218,7 @@ def _check_scope(tx: Tx, rtype: str, action: str) -> None:
 
 def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcome:
     _check_scope(tx, rtype, "read")
-    st = _redacted(ctx, tx.read(rtype, rid))
+    st = _redacted(tx, ctx, tx.read(rtype, rid))
     headers = version_headers(st, ctx.base_url)
     headers.pop("Location")
     inm = req.header("if-none-match")
@@ -240,11 +240,11 @@ def read(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcom
     return Outcome(200, body, headers, st, [st])
 
 
-def write_outcome(ctx: Context, res: WriteResult, default_status: int | None = None) -> Outcome:
+def write_outcome(tx: Tx, ctx: Context, res: WriteResult, default_status: int | None = None) -> Outcome:
     st = res.stored
     status = default_status or res.status
     if st is not None:
-        st = _redacted(ctx, st)
+        st = _redacted(tx, ctx, st)
     if st is None:
         return Outcome(status if status != 204 else 204, None if status == 204 else info_outcome("No change"))
     headers = version_headers(st, ctx.base_url)
@@ -278,12 +278,12 @@ def _body(req: FhirRequest) -> Any:
 def create(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Outcome:
     body = _body(req)
     res = tx.create(body, rtype, if_none_exist=req.header("if-none-exist"))
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 def update(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcome:
     res = tx.update(rtype, rid, _body(req), if_match=req.header("if-match"))
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 def conditional_update(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Outcome:
@@ -291,7 +291,7 @@ def conditional_update(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Ou
     if not qs:
         raise FhirError(400, "invalid", f"PUT /{rtype} needs an id in the URL or search criteria (conditional update)")
     res = tx.conditional_update(rtype, qs, _body(req), if_match=req.header("if-match"))
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 def _patch_ops(req: FhirRequest) -> Any:
@@ -311,7 +311,7 @@ def _patch_ops(req: FhirRequest) -> Any:
 
 def patch(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcome:
     res = tx.patch(rtype, rid, _patch_ops(req), if_match=req.header("if-match"))
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 def conditional_patch(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Outcome:
@@ -330,7 +330,7 @@ def conditional_patch(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Out
 
 def delete(tx: Tx, ctx: Context, req: FhirRequest, rtype: str, rid: str) -> Outcome:
     res = tx.delete(rtype, rid)
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 def conditional_delete(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Outcome:
@@ -338,7 +338,7 @@ def conditional_delete(tx: Tx, ctx: Context, req: FhirRequest, rtype: str) -> Ou
     if not qs:
         raise FhirError(400, "invalid", f"DELETE /{rtype} needs an id or search criteria (conditional delete)")
     res = tx.conditional_delete(rtype, urlencode(qs), multiple=ctx.settings.store.max_conditional_delete > 1)
-    return write_outcome(ctx, res)
+    return write_outcome(tx, ctx, res)
 
 
 # ---- search and history ------------------------------------------------------------------------
@@ -369,8 +369,8 @@ def search(
     q = parse_search(ctx, rtype, params)
     result = searcher(tx, ctx).search(q, compartment)
     if ctx.redact is not None:
-        result.matches = [ctx.redact(st) for st in result.matches]
-        result.included = [ctx.redact(st) for st in result.included]
+        result.matches = [ctx.redact(tx, st) for st in result.matches]
+        result.included = [ctx.redact(tx, st) for st in result.included]
     if compartment is not None:
         path = f"{ctx.base_url}/{compartment[0]}/{compartment[1]}/{rtype or '*'}"
     else:
@@ -424,7 +424,7 @@ def history_interaction(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | Non
         count = min(int(raw_count), ctx.settings.store.max_count)
     page = history(tx, rtype, rid, since=since, at=at, count=count, cursor=req.param("_cursor"))
     if ctx.redact is not None:
-        page.entries = [ctx.redact(st) for st in page.entries]
+        page.entries = [ctx.redact(tx, st) for st in page.entries]
     if ctx.redact_versions is not None:
         page.entries = ctx.redact_versions(tx, page.entries)
     path = ctx.base_url + "".join(f"/{p}" for p in (rtype, rid) if p) + "/_history"

@@ -77,11 +77,11 @@ def _count(pairs: list[tuple[str, str]], name: str) -> int | None:
     return int(raw)
 
 
-def _redact(ctx: Context, result: SearchResult) -> None:
+def _redact(tx: Tx, ctx: Context, result: SearchResult) -> None:
     """The context's redaction (e.g. protected addresses) on everything the operation returns."""
     if ctx.redact is not None:
-        result.matches = [ctx.redact(st) for st in result.matches]
-        result.included = [ctx.redact(st) for st in result.included]
+        result.matches = [ctx.redact(tx, st) for st in result.matches]
+        result.included = [ctx.redact(tx, st) for st in result.included]
 
 
 @operation("everything")
@@ -114,7 +114,7 @@ def everything(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
         count=_count(pairs, "_count"),
         cursor=_one(pairs, "_cursor"),
     )
-    _redact(ctx, result)
+    _redact(tx, ctx, result)
     for name in unknown:
         result.issues.append(Issue("warning", "not-supported", f"Unknown $everything parameter '{name}' (ignored)"))
     path = f"{ctx.base_url}/Patient/{rid}/$everything"
@@ -136,7 +136,7 @@ def lastn(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | 
         raise FhirError(400, "invalid", "'max' must be at least 1", ["max"])
     q = parse_search(ctx, "Observation", [(k, v) for k, v in pairs if k != "max"])
     result = searcher(tx, ctx).lastn(q, max_n or 1)
-    _redact(ctx, result)
+    _redact(tx, ctx, result)
     path = f"{ctx.base_url}/Observation/$lastn"
     bundle: dict[str, Any] = search_bundle(
         ctx.base_url,

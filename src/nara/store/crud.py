@@ -356,7 +356,7 @@ class Tx:
     def _index(self, res: dict[str, Any]) -> tuple[Any, str | None, int]:
         """The index rows, compartment patient and index mask of ``res`` (as the registered index views show it)."""
         for view in INDEX_VIEWS:
-            res = view(res)
+            res = view(self.conn, res)
         rows = extract(res)
         patient = compartment_patient(res, rows)
         carrier = carrier_reference(res) if patient is None else None
@@ -524,7 +524,7 @@ class Tx:
     ) -> WriteResult:
         """A new version of ``cur``; ``existing`` is its current content as the writer may read it."""
         if self.policy is not None and existing is not None and isinstance(body, dict):
-            body = self.policy.keep_register_data(rtype, existing, body)
+            body = self.policy.keep_register_data(self, rtype, existing, body)
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
         res, text = self._prepare(body, rtype, rid, version, now)
@@ -577,7 +577,7 @@ class Tx:
         if existing is None or self.policy is None:
             current = self.read(rtype, rid).resource()
         else:
-            current = self.policy.shown_for_writing(rtype, existing)
+            current = self.policy.shown_for_writing(self, rtype, existing)
         patched = _apply_patch(current, patch)
         if not isinstance(patched, dict) or patched.get("id") != rid or patched.get("resourceType") != rtype:
             raise FhirError(422, "processing", "JSON Patch must not change resourceType or id")

@@ -25,10 +25,11 @@ BASE_COLUMNS = ("rid", "res_type", "param", "patient_id")
 # Views of a resource for its search index: upper layers register what must never be searchable (e.g. the
 # address of a patient with protected identity, which a search would otherwise reveal). They register at
 # import, as write hooks do (nara.store.store.register_write_hook), so the store does not depend on them.
-INDEX_VIEWS: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+# A view may look facts up in the writing transaction (its connection is the first argument).
+INDEX_VIEWS: list[Callable[[Connection, dict[str, Any]], dict[str, Any]]] = []
 
 
-def register_index_view(view: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+def register_index_view(view: Callable[[Connection, dict[str, Any]], dict[str, Any]]) -> None:
     if view not in INDEX_VIEWS:
         INDEX_VIEWS.append(view)
 
