@@ -17,7 +17,9 @@ import pytest
 from sqlalchemy import select, text
 
 from nara.security.schema import audit_access, audit_event, care_relation
+from nara.store.bulk import BulkLoader
 from nara.store.reindex import reindex
+from nara.store.schema import sp_string
 from nara.store.store import Store
 from tests.conftest import token
 from tests.security.region import (
@@ -181,6 +183,32 @@ def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region, stor
     # A read by id under the consent is logged as coordinated documentation (SVOD) access.
     assert client(region, municipal.token()).get(f"Observation/{vc_obs}").status_code == 200
     assert read_access(store, municipal.hsa, vc_obs) == ("svod", None)
+
+
+def test_r_acc_1_data_naming_its_patient_by_personnummer_is_in_her_record(region: Region) -> None:
+    """A lab system or another integration often names the patient by personnummer, not by reference. Such data
+    belongs to her record (her compartment): staff without a care relationship do not read it, her own unit and
+    she herself do. A personnummer no Patient carries is refused rather than stored as nobody's data, which
+    whoever may read data without a patient could read."""
+    by_number = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"identifier": {"system": PNR, "value": region.pnr["anna"]}},
+        "valueQuantity": {"value": 6.1, "unit": "mmol/L"},
+    }
+    oid = region.post(by_number)["id"]  # the lab's feed
+    with client(region, region.staff["tom"].token()) as c:  # no care relationship with Anna
+        assert c.get(f"Observation/{oid}").status_code == 403
+    with client(region, region.staff["vc"].token()) as c:
+        assert c.get(f"Observation/{oid}").status_code == 200
+    assert oid in visible(region, region.staff["vc"].token())
+    with client(region, token(region.pnr["anna"], "citizen")) as c:
+        assert c.get(f"Observation/{oid}").status_code == 200
+    unknown = luhn_pnr(date(1961, 6, 15), 135)  # valid, but no Patient has it
+    stranger = {**by_number, "subject": {"identifier": {"system": PNR, "value": unknown}}}
+    refused = region.fhir.post("Observation", content=orjson.dumps(stranger), headers=JSON)
+    assert refused.status_code == 422 and "register the Patient first" in refused.text
 
 
 def test_r_acc_3_without_care_relationship_consent_is_not_enough(region: Region) -> None:
@@ -1507,6 +1535,97 @@ def test_r_id_3_a_protected_patients_household_shows_no_address_either(region: R
     with client(region, region.staff["vc"].token()) as c:
         assert "Storgatan" not in c.get(f"RelatedPerson/{neighbour}").text
         assert total(c, f"patient={anna}&address=Storgatan") == 0
+
+
+def test_r_id_3_a_protected_household_cannot_be_moved_versioned_or_identified_into_sight(region: Region) -> None:
+    """The household's address stays out of sight when a staff member points the relative at another patient
+    (refused: the address would go with it), in a version from before the relative was moved into the household,
+    when the patient is named by personnummer instead of by reference, and when one transaction both writes the
+    relative and makes the patient protected."""
+    hidden, anna = region.patients["hidden"], region.patients["anna"]
+
+    def related(patient: dict[str, Any], line: str, rid: str | None = None) -> dict[str, Any]:
+        res = {
+            "resourceType": "RelatedPerson",
+            "patient": patient,
+            "name": [{"family": "Dold"}],
+            "address": [{"line": [line], "city": "Örebro"}],
+        }
+        return {**res, "id": rid} if rid else res
+
+    def total(c: httpx.Client, query: str) -> int:
+        r = c.get(f"RelatedPerson?{query}&_total=accurate")
+        assert r.status_code == 200, r.text
+        return int(r.json()["total"])
+
+    household = region.post(related({"reference": f"Patient/{hidden}"}, "Hemlig väg 7"))["id"]
+    moved_in = region.post(related({"reference": f"Patient/{anna}"}, "Flyttgatan 3"))
+    region.put({**moved_in, "patient": {"reference": f"Patient/{hidden}"}})  # the register corrects it
+    by_number = region.post(related({"identifier": {"system": PNR, "value": region.pnr["hidden"]}}, "Nummervägen 9"))[
+        "id"
+    ]
+    with client(region, region.staff["vc"].token()) as c:
+        seen = {k: v for k, v in c.get(f"RelatedPerson/{household}").json().items() if k != "meta"}
+        moved = {**seen, "patient": {"reference": f"Patient/{anna}"}}
+        put = c.put(f"RelatedPerson/{household}", content=orjson.dumps(moved), headers=JSON)
+        assert put.status_code == 403 and "Hemlig" not in put.text
+        swap = [{"op": "replace", "path": "/patient/reference", "value": f"Patient/{anna}"}]
+        patched = c.patch(
+            f"RelatedPerson/{household}", content=orjson.dumps(swap), headers={"Content-Type": PATCH_JSON}
+        )
+        assert patched.status_code == 403 and "Hemlig" not in patched.text
+        assert "Hemlig" not in c.get(f"RelatedPerson?patient={anna}").text
+        assert "Flyttgatan" not in c.get(f"RelatedPerson/{moved_in['id']}/_history/1").text
+        assert "Flyttgatan" not in c.get(f"RelatedPerson/{moved_in['id']}/_history").text
+        assert "Nummervägen" not in c.get(f"RelatedPerson/{by_number}").text
+        assert total(c, "address=Nummervägen") == 0
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": related({"reference": f"Patient/{anna}"}, "Nygatan 5", "partner-anna"),
+                "request": {"method": "PUT", "url": "RelatedPerson/partner-anna"},
+            },
+            {
+                "resource": {
+                    **{k: v for k, v in region.fhir.get(f"Patient/{anna}").json().items() if k != "meta"},
+                    "meta": {"security": [{"system": PROTECTED_SYSTEM, "code": "sekretessmarkering"}]},
+                },
+                "request": {"method": "PUT", "url": f"Patient/{anna}"},
+            },
+        ],
+    }
+    answer = region.fhir.post("", content=orjson.dumps(transaction), headers=JSON)
+    assert answer.status_code == 200, answer.text
+    with client(region, region.staff["vc"].token()) as c:
+        assert total(c, f"patient={anna}") == 1
+        assert total(c, f"patient={anna}&address=Nygatan") == 0
+
+
+def test_r_id_3_a_bulk_load_leaves_no_protected_households_address_in_the_index(store: Store) -> None:
+    """The bulk loader (the demo generator) writes a batch's index rows before the access rules its hooks derive:
+    a protected patient loaded with her relatives takes their address out of the index all the same."""
+    label = {"security": [{"system": PROTECTED_SYSTEM, "code": "skyddadFolkbokforing"}]}
+    with BulkLoader(store, batch_size=10) as loader:
+        loader.add({"resourceType": "Patient", "id": "bulk-dold", "meta": label, "name": [{"family": "Dold"}]})
+        for pid in ("bulk-dold", "bulk-open"):
+            loader.add(
+                {
+                    "resourceType": "RelatedPerson",
+                    "id": f"rel-{pid}",
+                    "patient": {"reference": f"Patient/{pid}"},
+                    "address": [{"line": ["Bulkväg 1"], "city": "Kumla"}],
+                }
+            )
+        loader.add({"resourceType": "Patient", "id": "bulk-open", "name": [{"family": "Öppen"}]})
+    with store.transaction(write=False) as tx:
+        indexed = tx.conn.execute(
+            select(sp_string.c.patient_id).where(
+                sp_string.c.res_type == "RelatedPerson", sp_string.c.param == "address-city"
+            )
+        ).all()
+    assert [r[0] for r in indexed] == ["bulk-open"]
 
 
 def test_r_id_3_a_conditional_create_that_finds_the_patient_shows_no_address_and_is_logged_as_a_read(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from sqlalchemy import Alias, false, select
+from sqlalchemy import Alias, false, not_, select
 
 from nara.fhir.identifiers import normalize_system
 from nara.fhir.outcome import FhirError
@@ -26,9 +26,9 @@ from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
 from nara.security.rules import (
     HOUSEHOLD_TYPES,
+    household_of,
     in_protected_household,
     may_be_protected,
-    patients_with_identifiers,
     protected_by_label,
     protected_now,
     without_protected_address,
@@ -39,6 +39,8 @@ from nara.security.schema import pdl_rule
 from nara.security.sealer import EXTERNAL, SealerThread
 from nara.security.tokens import Issuer, TokenValidator, unauthorized
 from nara.store.crud import Stored, Tx
+from nara.store.database import json_out
+from nara.store.patients import patients_with_identifiers
 from nara.store.schema import resource
 from nara.store.store import Store
 
@@ -73,9 +75,8 @@ def redact(tx: Tx, st: Stored) -> Stored:
     if st.content is None:
         return st
     if st.res_type in HOUSEHOLD_TYPES:
-        patient = in_protected_household(st.resource())
         policy: Policy | None = tx.policy
-        if patient is None or not protected_now(tx.conn, patient, policy is None or policy.rules_available):
+        if not in_protected_household(tx.conn, st.resource(), policy is None or policy.rules_available):
             return st
         return _shown(st, without_protected_elements)
     if st.res_type == "Practitioner":
@@ -96,13 +97,22 @@ def redact_versions(tx: Tx, versions: list[Stored]) -> list[Stored]:
     protected identity now hides what a protected patient never shows, whatever its own labels said (R-ID-3);
     the address it had before the protection came is the one the protection is for. (After ``redact``.)"""
     pids = {st.res_id for st in versions if st.res_type == "Patient" and st.content is not None}
-    if not pids:
+    hidden = {("Patient", p) for p in protected_by_label(tx.conn, pids)} if pids else set()
+    # A RelatedPerson's: the household its current version belongs to (it may have been moved into one).
+    policy: Policy | None = tx.policy
+    readable = policy is None or policy.rules_available
+    for rid in {st.res_id for st in versions if st.res_type in HOUSEHOLD_TYPES and st.content is not None}:
+        current = tx.conn.execute(
+            select(json_out(resource.c.content, tx.pg)).where(
+                resource.c.res_type == "RelatedPerson", resource.c.res_id == rid, not_(resource.c.deleted)
+            )
+        ).scalar()
+        if current is not None and protected_now(tx.conn, household_of(tx.conn, orjson.loads(current)), readable):
+            hidden.add(("RelatedPerson", rid))
+    if not hidden:
         return versions
-    protected_now = protected_by_label(tx.conn, pids)
     return [
-        _shown(st, without_protected_elements)
-        if st.res_type == "Patient" and st.res_id in protected_now and st.content is not None
-        else st
+        _shown(st, without_protected_elements) if (st.res_type, st.res_id) in hidden and st.content is not None else st
         for st in versions
     ]
 

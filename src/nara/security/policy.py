@@ -68,13 +68,12 @@ from nara.security.rules import (
     PROTECTED_ELEMENTS,
     block_custodians,
     consent_kind,
+    household_of,
     in_protected_household,
     is_personal_identifier,
     is_protected,
     names_guardian,
     patient_asserted,
-    patients_with_identifiers,
-    protected_now,
     ref_id,
     with_patient_asserted,
     with_register_data_of,
@@ -83,6 +82,7 @@ from nara.security.rules import (
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
+from nara.store.patients import patients_with_identifiers
 from nara.store.schema import resource, sp_reference, sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
@@ -900,8 +900,7 @@ class Policy:
             return False
         if rtype == "Patient":
             return is_protected(current)
-        patient = in_protected_household(current)
-        return patient is not None and protected_now(tx.conn, patient, self.rules_available)
+        return in_protected_household(tx.conn, current, self.rules_available)
 
     def shown_for_writing(self, tx: Tx, rtype: str, current: dict[str, Any]) -> dict[str, Any]:
         """The current version as this writer may see it while changing it (a JSON Patch applies to it): without
@@ -916,6 +915,14 @@ class Policy:
         sets others is refused. Her household's (a RelatedPerson's) address and narrative stay as stored when the
         body leaves them out (the writer never saw them); a body that gives new ones replaces them."""
         if rtype in HOUSEHOLD_TYPES and self._keeps_address_hidden(tx, rtype, current):
+            if sorted(household_of(tx.conn, body)) != sorted(household_of(tx.conn, current)):
+                # Moved to another patient, it would carry the address its writer never saw into sight.
+                raise FhirError(
+                    403,
+                    "forbidden",
+                    "A relative of a patient with protected identity stays hers; only the register's feed moves it "
+                    "(R-ID-3)",
+                )
             return {**body, **{k: current[k] for k in PROTECTED_ELEMENTS if k in current and k not in body}}
         if rtype != "Patient" or self._trusted_writer():
             return body

@@ -12,12 +12,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, insert, not_, or_, select
+from sqlalchemy import Connection, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
+from nara.store.patients import patients_with_identifiers
 from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook
 
@@ -197,28 +198,44 @@ def protected_patients(conn: Connection, patient_ids: Iterable[str]) -> set[str]
 HOUSEHOLD_TYPES = frozenset({"RelatedPerson"})
 
 
-def in_protected_household(res: dict[str, Any]) -> str | None:
-    """The patient a RelatedPerson is about, when it shows what a protected patient never shows (its address,
-    narrative), else None: the one whose protection decides."""
+def household_of(conn: Connection, res: dict[str, Any]) -> list[str]:
+    """The patients a RelatedPerson is about: its ``patient`` by reference, or by identifier (a personnummer)
+    resolved in the search index; none for other types."""
+    if res.get("resourceType") not in HOUSEHOLD_TYPES:
+        return []
+    ref = res.get("patient")
+    literal = ref_id(ref, "Patient")
+    if literal is not None:
+        return [literal]
+    ident = ref.get("identifier") if isinstance(ref, dict) else None
+    if not isinstance(ident, dict) or not isinstance(ident.get("value"), str) or not ident["value"]:
+        return []
+    value: str = ident["value"]
+    system = ident["system"] if isinstance(ident.get("system"), str) else None
+    return patients_with_identifiers(conn, [(system, value)], limit=5)
+
+
+def protected_now(conn: Connection, patients: Iterable[str], rules_readable: bool = True) -> bool:
+    """Whether one of ``patients`` has protected identity now: from the access-rule store, or from the Patient
+    resources when that store cannot be read (R-BLK-5)."""
+    ids = [p for p in patients if p]
+    if not ids:
+        return False
+    return bool(protected_patients(conn, ids) if rules_readable else protected_by_label(conn, ids))
+
+
+def in_protected_household(conn: Connection, res: dict[str, Any], rules_readable: bool = True) -> bool:
+    """Whether ``res`` is a RelatedPerson of a patient with protected identity that shows what she never shows
+    (an address, a narrative)."""
     if res.get("resourceType") not in HOUSEHOLD_TYPES or not any(k in res for k in PROTECTED_ELEMENTS):
-        return None
-    return ref_id(res.get("patient"), "Patient")
-
-
-def protected_now(conn: Connection, patient: str, rules_readable: bool = True) -> bool:
-    """Whether ``patient`` has protected identity now: from the access-rule store, or from her Patient resource
-    when that store cannot be read (R-BLK-5)."""
-    found = protected_patients(conn, [patient]) if rules_readable else protected_by_label(conn, [patient])
-    return bool(found)
+        return False
+    return protected_now(conn, household_of(conn, res), rules_readable)
 
 
 def without_household_address(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
     """``res`` without its address and narrative if it is a RelatedPerson of a patient with protected identity,
     else ``res`` itself (what the search index sees: a search by address would otherwise find her home)."""
-    patient = in_protected_household(res)
-    if patient is None or not protected_now(conn, patient):
-        return res
-    return without_protected_elements(res)
+    return without_protected_elements(res) if in_protected_household(conn, res) else res
 
 
 def indexed_view(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
@@ -227,11 +244,17 @@ def indexed_view(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
     return without_household_address(conn, without_staff_private_data(without_protected_address(res)))
 
 
-def forget_household_address(conn: Connection, patient: str) -> None:
+def forget_household_address(tx: Tx, patient: str) -> None:
     """Remove from the search index the address of the RelatedPersons of ``patient``, who has protected identity
-    now (indexed while she had not). Lifting the protection does not bring it back: a reindex or a write does."""
+    now (indexed while she had not): the rows written, and those this transaction has yet to write. Lifting the
+    protection does not bring them back: a reindex or a write does."""
+
+    def address_row(row: dict[str, Any]) -> bool:
+        return row["res_type"] in HOUSEHOLD_TYPES and row["patient_id"] == patient and _is_address(row["param"])
+
+    tx.drop_pending_index(address_row)
     for table in (sp_string, sp_token):
-        conn.execute(
+        tx.conn.execute(
             delete(table).where(
                 table.c.patient_id == patient,
                 table.c.res_type.in_(sorted(HOUSEHOLD_TYPES)),
@@ -240,22 +263,8 @@ def forget_household_address(conn: Connection, patient: str) -> None:
         )
 
 
-def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | None, str]], limit: int) -> list[str]:
-    """The Patients (at most ``limit``) whose identifiers include one of ``identifiers`` ((system or None for any,
-    value) pairs), from the search index, whatever the current user may see."""
-    if not identifiers:
-        return []
-    matches = [
-        and_(sp_token.c.code == code, *([sp_token.c.system == system] if system else []))
-        for system, code in identifiers
-    ]
-    found = conn.execute(
-        select(sp_token.c.patient_id)
-        .where(sp_token.c.res_type == "Patient", sp_token.c.param == "identifier", or_(*matches))
-        .distinct()
-        .limit(limit)
-    ).all()
-    return sorted(r.patient_id for r in found if r.patient_id)
+def _is_address(param: str) -> bool:
+    return param == "address" or param.startswith("address-")
 
 
 def without_protected_address(res: dict[str, Any]) -> dict[str, Any]:
@@ -510,7 +519,7 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
         params = [{**r, "source_rid": st.rid, "patient_id": st.patient_id} for r in rows]
     tx.conn.execute(insert(table), params)
     if st.res_type == "Patient" and any(r["kind"] == "protected" for r in rows):
-        forget_household_address(tx.conn, st.patient_id)  # her household's address, indexed before she was
+        forget_household_address(tx, st.patient_id)  # her household's address, indexed before she was
 
 
 register_write_hook(on_write)

@@ -54,12 +54,17 @@ class BulkStats:
     batches: int = 0
 
 
+_INDEX_TABLES = frozenset(INDEX_TABLES.values())
+
+
 class _HookConnection:
     """What a write hook sees as ``tx.conn`` during a bulk load.
 
-    Every resource in a bulk load is new, so no row can refer to its rid yet: a hook's DELETE (of rows derived
-    from an earlier version) has nothing to delete and is skipped, and its INSERTs are collected and written
-    together with the batch. Anything else (reads) runs on the real connection.
+    Every resource in a bulk load is new, so no row can refer to its rid yet: a hook's DELETE of rows derived
+    from an earlier version has nothing to delete and is skipped, and its INSERTs are collected and written
+    together with the batch. A DELETE of search-index rows runs: the batch's own are written before its hooks
+    run, and a hook may take some out of the index (a protected patient's household's address, R-ID-3).
+    Anything else (reads) runs on the real connection.
     """
 
     def __init__(self, conn: Connection, sink: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]]) -> None:
@@ -68,7 +73,7 @@ class _HookConnection:
 
     def execute(self, statement: Any, parameters: Any = None, **kw: Any) -> Any:
         if isinstance(statement, Delete):
-            return None
+            return self._conn.execute(statement, parameters, **kw) if statement.table in _INDEX_TABLES else None
         plain_insert = isinstance(statement, Insert) and not getattr(statement, "_returning", ())
         if plain_insert and isinstance(statement.table, Table) and parameters is not None:
             rows = parameters if isinstance(parameters, list) else [parameters]

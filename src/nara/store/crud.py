@@ -19,13 +19,15 @@ from sqlalchemy import Connection, Select, bindparam, insert, literal, select, u
 
 from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
+from nara.fhir.identifiers import PERSONNUMMER, SAMORDNINGSNUMMER, normalize_system
 from nara.fhir.ids import is_valid_id, new_id
 from nara.fhir.outcome import FhirError, invalid, not_found
-from nara.fhir.searchparams import carrier_reference, compartment_patient, extract
+from nara.fhir.searchparams import carrier_reference, compartment_patient, extract, patient_compartment_params
 from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
 from nara.store.indexing import INDEX_VIEWS, delete_index, index_params, insert_index, mask_of
 from nara.store.memo import Memo
+from nara.store.patients import patients_with_identifiers
 from nara.store.schema import resource, resource_history
 
 if TYPE_CHECKING:
@@ -34,6 +36,17 @@ if TYPE_CHECKING:
 
 # orjson serializes at most this many levels of nested objects and arrays.
 MAX_JSON_DEPTH = 254
+PERSONAL_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
+
+
+def _typed_patient(res: dict[str, Any], value: str) -> bool:
+    """Whether ``res`` names ``value`` in a Reference typed Patient (``{"type": "Patient", "identifier": ...}``)."""
+    for element in res.values():
+        for ref in element if isinstance(element, list) else [element]:
+            ident = ref.get("identifier") if isinstance(ref, dict) else None
+            if isinstance(ident, dict) and ident.get("value") == value and ref.get("type") == "Patient":
+                return True
+    return False
 
 
 @dataclass(slots=True)
@@ -195,17 +208,26 @@ class Tx:
         for kind, rows in batches.items():
             self._pending_index.setdefault(kind, []).extend(rows)
 
+    def drop_pending_index(self, drop: Callable[[dict[str, Any]], bool]) -> None:
+        """Forget the index rows this transaction has yet to write for which ``drop(row)`` holds (a write hook
+        that learns they must not be indexed after all)."""
+        for kind, rows in self._pending_index.items():
+            self._pending_index[kind] = [r for r in rows if not drop(r)]
+
     def _unqueue_index(self, rid: int) -> None:
         for kind, rows in self._pending_index.items():
             self._pending_index[kind] = [r for r in rows if r["rid"] != rid]
 
     def flush(self) -> None:
         """Write queued index rows (called before searches and at commit)."""
+        self._flush_index()
+        for hook in self.flush_hooks:
+            hook()
+
+    def _flush_index(self) -> None:
         if self._pending_index:
             pending, self._pending_index = self._pending_index, {}
             insert_index(self.conn, {k: v for k, v in pending.items() if v})
-        for hook in self.flush_hooks:
-            hook()
 
     # ---- reads ---------------------------------------------------------------------------------
     def _current(self, rtype: str, rid: str, for_update: bool = False) -> Any:
@@ -359,11 +381,40 @@ class Tx:
             res = view(self.conn, res)
         rows = extract(res)
         patient = compartment_patient(res, rows)
+        if patient is None:
+            patient = self._identified_patient(res, rows)
         carrier = carrier_reference(res) if patient is None else None
         if carrier is not None:  # a Binary or document about another resource: that resource's patient
             found = self._current(*carrier) if carrier[0] in spec().resource_types else None
             patient = found.patient_id if found is not None else None
         return rows, patient, mask_of(rows)
+
+    def _identified_patient(self, res: dict[str, Any], rows: Any) -> str | None:
+        """The Patient a resource names by identifier (a personnummer) rather than by reference, in one of its
+        patient-compartment references: its compartment, so that the access policy and the patient's own
+        searches treat it as hers. A personal identity number (or a reference typed Patient) that no single
+        Patient carries is refused: stored without a patient, the data would belong to no one's record, and be
+        readable by whoever may read data without one."""
+        params = patient_compartment_params(res["resourceType"])
+        if not params:
+            return None
+        for code, (_t, target, url, system, value) in rows.reference:
+            if code not in params or target is not None or url is not None or not value:
+                continue
+            system = normalize_system(system)
+            self._flush_index()  # a Patient written earlier in this transaction is found too
+            found = patients_with_identifiers(self.conn, [(system, value)], limit=2)
+            if len(found) == 1:
+                return found[0]
+            if system in PERSONAL_SYSTEMS or _typed_patient(res, value):
+                raise FhirError(
+                    422,
+                    "processing",
+                    f"{res['resourceType']}.{code} names a patient by an identifier that "
+                    + ("no Patient carries" if not found else "more than one Patient carries")
+                    + ": register the Patient first, or reference it as Patient/[id]",
+                )
+        return None
 
     def create(
         self, body: Any, rtype: str | None = None, *, if_none_exist: str | None = None, rid: str | None = None
