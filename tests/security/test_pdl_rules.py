@@ -185,30 +185,85 @@ def test_r_acc_3_other_provider_needs_consent_and_sjf_right(region: Region, stor
     assert read_access(store, municipal.hsa, vc_obs) == ("svod", None)
 
 
-def test_r_acc_1_data_naming_its_patient_by_personnummer_is_in_her_record(region: Region) -> None:
-    """A lab system or another integration often names the patient by personnummer, not by reference. Such data
-    belongs to her record (her compartment): staff without a care relationship do not read it, her own unit and
-    she herself do. A personnummer no Patient carries is refused rather than stored as nobody's data, which
-    whoever may read data without a patient could read."""
-    by_number = {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-        "subject": {"identifier": {"system": PNR, "value": region.pnr["anna"]}},
-        "valueQuantity": {"value": 6.1, "unit": "mmol/L"},
-    }
-    oid = region.post(by_number)["id"]  # the lab's feed
+def test_r_acc_1_data_naming_its_patient_by_personnummer_is_in_her_record(region: Region, store: Store) -> None:
+    """A lab system or another integration often names the patient by personnummer, not by reference, in any
+    of its written forms and under the URI or the RIV OID. Such data belongs to her record (her compartment):
+    staff without a care relationship do not read it, her own unit and she herself do. Data about a personnummer
+    no Patient carries yet is no one's until a reindex finds her: only system clients read it, and a staff
+    member's write of it is refused like one about a patient out of reach (nothing tells which numbers are
+    registered)."""
+    lab = {"system": "http://loinc.org", "code": "2345-7"}
+
+    def about(subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [lab]},
+            "subject": subject,
+            **extra,
+        }
+
+    dashed = region.pnr["anna"][:8] + "-" + region.pnr["anna"][8:]
+    ways = [
+        about({"identifier": {"system": PNR, "value": region.pnr["anna"]}}),
+        about({"identifier": {"system": "urn:oid:1.2.752.129.2.1.3.1", "value": dashed}}),
+        about(
+            {"reference": "#p"},
+            contained=[
+                {"resourceType": "Patient", "id": "p", "identifier": [{"system": PNR, "value": region.pnr["anna"]}]}
+            ],
+        ),
+        about(
+            {"identifier": {"system": PNR, "value": region.pnr["anna"]}},
+            performer=[{"type": "Practitioner", "identifier": {"system": PNR, "value": ADULT_PNR}}],
+        ),
+        {
+            "resourceType": "Condition",
+            "subject": {"identifier": {"system": PNR, "value": region.pnr["anna"]}},
+            "code": {"text": "diabetes"},
+        },
+    ]
+    written = [(w["resourceType"], region.post(w)["id"]) for w in ways]  # the lab's and the EHR's feeds
     with client(region, region.staff["tom"].token()) as c:  # no care relationship with Anna
-        assert c.get(f"Observation/{oid}").status_code == 403
+        assert [c.get(f"{t}/{i}").status_code for t, i in written] == [403] * len(written)
     with client(region, region.staff["vc"].token()) as c:
-        assert c.get(f"Observation/{oid}").status_code == 200
-    assert oid in visible(region, region.staff["vc"].token())
+        assert [c.get(f"{t}/{i}").status_code for t, i in written] == [200] * len(written)
+    assert {i for t, i in written if t == "Observation"} <= visible(region, region.staff["vc"].token())
     with client(region, token(region.pnr["anna"], "citizen")) as c:
-        assert c.get(f"Observation/{oid}").status_code == 200
-    unknown = luhn_pnr(date(1961, 6, 15), 135)  # valid, but no Patient has it
-    stranger = {**by_number, "subject": {"identifier": {"system": PNR, "value": unknown}}}
-    refused = region.fhir.post("Observation", content=orjson.dumps(stranger), headers=JSON)
-    assert refused.status_code == 422 and "register the Patient first" in refused.text
+        assert c.get(f"Observation/{written[0][1]}").status_code == 200
+    # A personnummer no Patient carries yet: no one's data until she is registered and the store reindexed.
+    newcomer = luhn_pnr(date(1961, 6, 15), 135)
+    early = region.post(about({"identifier": {"system": PNR, "value": newcomer}}))["id"]
+    with client(region, region.staff["vc"].token()) as c:
+        assert c.get(f"Observation/{early}").status_code == 403
+        answers = [
+            c.post(
+                "Observation", content=orjson.dumps(about({"identifier": {"system": PNR, "value": n}})), headers=JSON
+            )
+            for n in (luhn_pnr(date(1962, 7, 16), 246), region.pnr["hidden"])
+        ]
+        assert [a.status_code for a in answers] == [403, 201]  # the health centre cares for the hidden patient
+    with client(region, region.staff["tom"].token()) as c:
+        answers = [
+            c.post(
+                "Observation", content=orjson.dumps(about({"identifier": {"system": PNR, "value": n}})), headers=JSON
+            )
+            for n in (luhn_pnr(date(1963, 8, 17), 357), region.pnr["hidden"])
+        ]
+        assert [a.status_code for a in answers] == [403, 403]
+        assert answers[0].json()["issue"][0]["diagnostics"] == answers[1].json()["issue"][0]["diagnostics"]
+    registered = region.post({"resourceType": "Patient", "identifier": [{"system": PNR, "value": newcomer}]})["id"]
+    region.post(
+        {
+            "resourceType": "EpisodeOfCare",
+            "status": "active",
+            "patient": {"reference": f"Patient/{registered}"},
+            "managingOrganization": {"reference": f"Organization/{VC}"},
+        }
+    )
+    reindex(store, ["Observation"])
+    with client(region, region.staff["vc"].token()) as c:
+        assert c.get(f"Observation/{early}").status_code == 200
 
 
 def test_r_acc_3_without_care_relationship_consent_is_not_enough(region: Region) -> None:

@@ -76,7 +76,7 @@ def redact(tx: Tx, st: Stored) -> Stored:
         return st
     if st.res_type in HOUSEHOLD_TYPES:
         policy: Policy | None = tx.policy
-        if not in_protected_household(tx.conn, st.resource(), policy is None or policy.rules_available):
+        if not in_protected_household(tx.conn, st.resource(), policy is None or policy.rules_available, st.patient_id):
             return st
         return _shown(st, without_protected_elements)
     if st.res_type == "Practitioner":

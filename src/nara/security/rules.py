@@ -18,7 +18,7 @@ from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
-from nara.store.patients import patients_with_identifiers
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
 from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook
 
@@ -199,20 +199,17 @@ HOUSEHOLD_TYPES = frozenset({"RelatedPerson"})
 
 
 def household_of(conn: Connection, res: dict[str, Any]) -> list[str]:
-    """The patients a RelatedPerson is about: its ``patient`` by reference, or by identifier (a personnummer)
-    resolved in the search index; none for other types."""
+    """The patients a RelatedPerson may be about: its ``patient`` by reference and by identifier (a personnummer,
+    in any written form, resolved in the search index); none for other types."""
     if res.get("resourceType") not in HOUSEHOLD_TYPES:
         return []
     ref = res.get("patient")
-    literal = ref_id(ref, "Patient")
-    if literal is not None:
-        return [literal]
+    found = [p for p in [ref_id(ref, "Patient")] if p]
     ident = ref.get("identifier") if isinstance(ref, dict) else None
-    if not isinstance(ident, dict) or not isinstance(ident.get("value"), str) or not ident["value"]:
-        return []
-    value: str = ident["value"]
-    system = ident["system"] if isinstance(ident.get("system"), str) else None
-    return patients_with_identifiers(conn, [(system, value)], limit=5)
+    if isinstance(ident, dict) and isinstance(ident.get("value"), str) and ident["value"]:
+        system = ident["system"] if isinstance(ident.get("system"), str) else None
+        found += patients_identified_by(conn, system, ident["value"], limit=5)
+    return found
 
 
 def protected_now(conn: Connection, patients: Iterable[str], rules_readable: bool = True) -> bool:
@@ -224,12 +221,14 @@ def protected_now(conn: Connection, patients: Iterable[str], rules_readable: boo
     return bool(protected_patients(conn, ids) if rules_readable else protected_by_label(conn, ids))
 
 
-def in_protected_household(conn: Connection, res: dict[str, Any], rules_readable: bool = True) -> bool:
-    """Whether ``res`` is a RelatedPerson of a patient with protected identity that shows what she never shows
-    (an address, a narrative)."""
+def in_protected_household(
+    conn: Connection, res: dict[str, Any], rules_readable: bool = True, patient: str | None = None
+) -> bool:
+    """Whether ``res`` is a RelatedPerson of a patient with protected identity (by its ``patient``, or the
+    compartment ``patient`` the store gave it) that shows what she never shows (an address, a narrative)."""
     if res.get("resourceType") not in HOUSEHOLD_TYPES or not any(k in res for k in PROTECTED_ELEMENTS):
         return False
-    return protected_now(conn, household_of(conn, res), rules_readable)
+    return protected_now(conn, [*household_of(conn, res), *([patient] if patient else [])], rules_readable)
 
 
 def without_household_address(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
@@ -493,8 +492,8 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
         return
     table = care_relation if st.res_type in CARE_TYPES else pdl_rule
     tx.conn.execute(delete(table).where(table.c.source_rid == st.rid))
-    if st.deleted or st.content is None or not st.patient_id:
-        return
+    if st.deleted or st.content is None or not st.patient_id or st.patient_id == UNRESOLVED_PATIENT:
+        return  # no rule may name the compartment of a person no Patient is known for
     rows = derive(tx, st.resource(), st.patient_id, st.last_updated)
     if not rows:
         return

@@ -19,7 +19,6 @@ from sqlalchemy import Connection, Select, bindparam, insert, literal, select, u
 
 from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
-from nara.fhir.identifiers import PERSONNUMMER, SAMORDNINGSNUMMER, normalize_system
 from nara.fhir.ids import is_valid_id, new_id
 from nara.fhir.outcome import FhirError, invalid, not_found
 from nara.fhir.searchparams import carrier_reference, compartment_patient, extract, patient_compartment_params
@@ -27,7 +26,7 @@ from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
 from nara.store.indexing import INDEX_VIEWS, delete_index, index_params, insert_index, mask_of
 from nara.store.memo import Memo
-from nara.store.patients import patients_with_identifiers
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by, personal_number
 from nara.store.schema import resource, resource_history
 
 if TYPE_CHECKING:
@@ -36,17 +35,19 @@ if TYPE_CHECKING:
 
 # orjson serializes at most this many levels of nested objects and arrays.
 MAX_JSON_DEPTH = 254
-PERSONAL_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
 
 
-def _typed_patient(res: dict[str, Any], value: str) -> bool:
-    """Whether ``res`` names ``value`` in a Reference typed Patient (``{"type": "Patient", "identifier": ...}``)."""
-    for element in res.values():
-        for ref in element if isinstance(element, list) else [element]:
-            ident = ref.get("identifier") if isinstance(ref, dict) else None
-            if isinstance(ident, dict) and ident.get("value") == value and ref.get("type") == "Patient":
-                return True
-    return False
+def _typed_patient(node: Any, value: str) -> bool:
+    """Whether ``node`` names ``value`` anywhere in a Reference typed Patient (``{"type": "Patient", "identifier":
+    ...}``)."""
+    if isinstance(node, list):
+        return any(_typed_patient(x, value) for x in node)
+    if not isinstance(node, dict):
+        return False
+    ident = node.get("identifier")
+    if node.get("type") == "Patient" and isinstance(ident, dict) and ident.get("value") == value:
+        return True
+    return any(_typed_patient(x, value) for x in node.values() if isinstance(x, dict | list))
 
 
 @dataclass(slots=True)
@@ -390,31 +391,38 @@ class Tx:
         return rows, patient, mask_of(rows)
 
     def _identified_patient(self, res: dict[str, Any], rows: Any) -> str | None:
-        """The Patient a resource names by identifier (a personnummer) rather than by reference, in one of its
-        patient-compartment references: its compartment, so that the access policy and the patient's own
-        searches treat it as hers. A personal identity number (or a reference typed Patient) that no single
-        Patient carries is refused: stored without a patient, the data would belong to no one's record, and be
-        readable by whoever may read data without one."""
+        """The Patient a resource names by identifier (a personnummer) rather than by reference: in a reference
+        of its patient compartment (or its ``subject``/``patient``), or as a contained Patient. That Patient is
+        its compartment, so that the access policy and the patient's own searches treat the data as hers. A
+        personal identity number, a reference typed Patient or a contained Patient that no single Patient
+        carries gives ``UNRESOLVED_PATIENT``: the data is about a person, and stored as no one's it would be
+        readable by whoever may read data without a patient. Other identifiers (a device's) leave it None."""
         params = patient_compartment_params(res["resourceType"])
         if not params:
             return None
-        for code, (_t, target, url, system, value) in rows.reference:
-            if code not in params or target is not None or url is not None or not value:
-                continue
-            system = normalize_system(system)
-            self._flush_index()  # a Patient written earlier in this transaction is found too
-            found = patients_with_identifiers(self.conn, [(system, value)], limit=2)
+        named = [
+            (system, value)
+            for code, (_t, target, _url, system, value) in rows.reference
+            if target is None and value and (code in params or code in ("subject", "patient"))
+        ]
+        contained = [
+            (i.get("system"), i["value"])
+            for c in res.get("contained") or []
+            if isinstance(c, dict) and c.get("resourceType") == "Patient"
+            for i in c.get("identifier") or []
+            if isinstance(i, dict) and isinstance(i.get("value"), str)
+        ]
+        if not named and not contained:
+            return None
+        self._flush_index()  # a Patient written earlier in this transaction is found too
+        for system, value in [*named, *contained]:
+            found = patients_identified_by(self.conn, system, value)
             if len(found) == 1:
                 return found[0]
-            if system in PERSONAL_SYSTEMS or _typed_patient(res, value):
-                raise FhirError(
-                    422,
-                    "processing",
-                    f"{res['resourceType']}.{code} names a patient by an identifier that "
-                    + ("no Patient carries" if not found else "more than one Patient carries")
-                    + ": register the Patient first, or reference it as Patient/[id]",
-                )
-        return None
+        person = bool(contained) or any(
+            personal_number(system, value) is not None or _typed_patient(res, value) for system, value in named
+        )
+        return UNRESOLVED_PATIENT if person else None
 
     def create(
         self, body: Any, rtype: str | None = None, *, if_none_exist: str | None = None, rid: str | None = None

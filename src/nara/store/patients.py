@@ -1,15 +1,37 @@
 """Finding Patients by their identifiers (a personnummer, a samordningsnummer) in the search index.
 
 The one look-up behind a resource that names its patient by identifier instead of by reference (its
-compartment, ``Tx._index``), a new Patient's duplicate check, and the patients an access-log record or a
-refused search names.
+compartment, ``Tx._identified_patient``), a new Patient's duplicate check, a protected patient's household,
+and the patients an access-log record or a refused search names.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, and_, or_, select
 
+from nara.fhir.identifiers import (
+    PERSONNUMMER,
+    PERSONNUMMER_OID,
+    SAMORDNINGSNUMMER,
+    SAMORDNINGSNUMMER_OID,
+    InvalidIdentifier,
+    normalize_system,
+    parse_personal_identity,
+)
 from nara.store.schema import sp_token
+
+# The compartment of data about a person named by a personal identity number no Patient carries (yet): not a
+# valid FHIR id, so no Patient can take it and no care relationship or consent can name it. Such data is read
+# only by system clients until a reindex finds its patient (fail closed: stored as no one's data, it would be
+# readable by every staff member).
+UNRESOLVED_PATIENT = "?unresolved"
+
+PERSONAL_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
+# The systems a stored Patient may carry a personal identity number under (as sent: URI or RIV OID).
+_PERSONAL_ALIASES = sorted(
+    {PERSONNUMMER, SAMORDNINGSNUMMER, PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID}
+    | {"urn:oid:" + PERSONNUMMER_OID, "urn:oid:" + SAMORDNINGSNUMMER_OID}
+)
 
 
 def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | None, str]], limit: int) -> list[str]:
@@ -28,3 +50,23 @@ def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | No
         .limit(limit)
     ).all()
     return sorted(r.patient_id for r in found if r.patient_id)
+
+
+def personal_number(system: str | None, value: str) -> str | None:
+    """``value`` as a 12-digit personal identity number when ``system`` says it is one (URI or RIV OID, any of
+    the written forms), else None."""
+    if normalize_system(system) not in PERSONAL_SYSTEMS:
+        return None
+    try:
+        return parse_personal_identity(value).value
+    except InvalidIdentifier:
+        return None
+
+
+def patients_identified_by(conn: Connection, system: str | None, value: str, limit: int = 2) -> list[str]:
+    """The Patients carrying the identifier (``system``, ``value``): a personal identity number in any of its
+    written forms and under either of its systems (URI or OID), other identifiers as given."""
+    number = personal_number(system, value)
+    if number is None:
+        return patients_with_identifiers(conn, [(normalize_system(system), value)], limit)
+    return patients_with_identifiers(conn, [(s, number) for s in _PERSONAL_ALIASES], limit)

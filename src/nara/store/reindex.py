@@ -68,10 +68,10 @@ def reindex(
             if not batch:
                 break
             rids = [r.rid for r in batch]
-            for table in INDEX_TABLES.values():
-                tx.conn.execute(delete(table).where(table.c.rid.in_(rids)))
             rows: dict[str, list[dict[str, object]]] = {}
             changes = []
+            # Extracted before the batch's old rows go: a resource that names its patient by personnummer finds
+            # her by the index rows of her Patient, which may be in this batch.
             for r in batch:
                 res = orjson.loads(r.content)
                 extracted, patient, mask = tx._index(res)
@@ -79,6 +79,8 @@ def reindex(
                     rows.setdefault(kind, []).extend(params)
                 changes.append({"b_rid": r.rid, "b_mask": mask, "b_patient": patient})
                 summary.moved += patient != r.patient_id
+            for table in INDEX_TABLES.values():
+                tx.conn.execute(delete(table).where(table.c.rid.in_(rids)))
             insert_index(tx.conn, rows)
             tx.conn.execute(
                 update(resource)
