@@ -252,6 +252,25 @@ def test_r_acc_1_data_naming_its_patient_by_personnummer_is_in_her_record(region
         ]
         assert [a.status_code for a in answers] == [403, 403]
         assert answers[0].json()["issue"][0]["diagnostics"] == answers[1].json()["issue"][0]["diagnostics"]
+    # A unit may record its own encounter with her (as with any patient); it opens nothing before she is known,
+    # not even to a quality assignment, which reads all of its provider's patients' data.
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"identifier": {"system": PNR, "value": newcomer}},
+        "serviceProvider": {"reference": f"Organization/{VC}"},
+    }
+    with client(region, region.staff["vc"].token()) as c:
+        visit = c.post("Encounter", content=orjson.dumps(encounter), headers=JSON)
+        assert visit.status_code == 201, visit.text
+        assert c.get(f"Observation/{early}").status_code == 403
+    with client(region, region.staff["qa"].token()) as c:
+        assert c.get(f"Encounter/{visit.json()['id']}").status_code == 403
+        assert c.get(f"Observation/{early}").status_code == 403
+        assert early not in c.get("Observation?_count=200").text
+    with client(region, region.staff["audit"].token()) as c:  # the refused reads above are in the log
+        assert c.get("$log-review", params={"sampleRate": "1", "seed": "1"}).status_code == 200
     registered = region.post({"resourceType": "Patient", "identifier": [{"system": PNR, "value": newcomer}]})["id"]
     region.post(
         {

@@ -82,7 +82,7 @@ from nara.security.rules import (
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
-from nara.store.patients import patients_with_identifiers
+from nara.store.patients import UNRESOLVED_PATIENT, patients_with_identifiers
 from nara.store.schema import resource, sp_reference, sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
@@ -528,7 +528,10 @@ class Policy:
         if purpose in (PURPOSE_QUALITY, PURPOSE_ADMIN):
             if blocked_rows:
                 return false()
-            return or_(non_patient, and_(a.c.patient_id.is_not(None), a.c.owner_org == provider))
+            # Every patient's rows of my provider, but not the data of a person no Patient is known for (only
+            # system clients read that compartment).
+            known = and_(a.c.patient_id.is_not(None), a.c.patient_id != UNRESOLVED_PATIENT)
+            return or_(non_patient, and_(known, a.c.owner_org == provider))
         if purpose != PURPOSE_CARE:
             return false() if blocked_rows else non_patient
         # Probed per row (index on unit, patient): the cost follows the rows read, not the unit's list size.

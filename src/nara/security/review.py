@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from nara.fhir.ids import is_valid_id
 from nara.security import audit
 from nara.security.identity import HSA_SYSTEMS_, by_identifier
 from nara.security.rules import is_personal_identifier
@@ -42,6 +43,8 @@ def review_facts(
                     _personal_numbers(res), _surnames(res), {_addr(a) for a in res.get("address", [])}
                 )
         for pid in patient_ids:
+            if not is_valid_id(pid):
+                continue  # no Patient has it: the compartment of data whose patient is not known (?unresolved)
             pst = tx.read_optional("Patient", pid)
             if pst is not None:
                 res = pst.resource()
