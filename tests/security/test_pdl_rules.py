@@ -1453,6 +1453,19 @@ def test_r_id_1_a_personnummer_identifies_one_patient_and_only_the_register_chan
         twin = {"resourceType": "Patient", "identifier": [{"system": PNR, "value": region.pnr["anna"]}]}
         taken = c.post("Patient", content=orjson.dumps(twin), headers=JSON)
         assert taken.status_code == 409 and anna not in taken.text
+        # The same number under the RIV OID and written with a hyphen is the same person.
+        dashed = region.pnr["anna"][:8] + "-" + region.pnr["anna"][8:]
+        oid_twin = {
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:oid:1.2.752.129.2.1.3.1", "value": dashed}],
+        }
+        assert c.post("Patient", content=orjson.dumps(oid_twin), headers=JSON).status_code == 409
+    # A record the register's feed stored under the OID is found by the URI too.
+    oid_number = luhn_pnr(date(1958, 9, 9), 246)
+    region.post({"resourceType": "Patient", "identifier": [{"system": "1.2.752.129.2.1.3.1", "value": oid_number}]})
+    with client(region, vc.token()) as c:
+        again = {"resourceType": "Patient", "identifier": [{"system": PNR, "value": oid_number}]}
+        assert c.post("Patient", content=orjson.dumps(again), headers=JSON).status_code == 409
     with client(region, token(mine, "citizen")) as c:
         assert c.get(f"Patient/{anna}").status_code == 403  # her record did not become his
     # Two records with one number (an integration's mistake): the number opens neither. (A number no test has

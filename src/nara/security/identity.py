@@ -17,10 +17,17 @@ from sqlalchemy import select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import utcnow
-from nara.fhir.identifiers import HSA_ID, HSA_ID_RIV, age_on, is_valid_personal_identity
+from nara.fhir.identifiers import (
+    HSA_ID,
+    HSA_ID_RIV,
+    PERSONNUMMER,
+    SAMORDNINGSNUMMER,
+    age_on,
+    is_valid_personal_identity,
+)
 from nara.fhir.outcome import FhirError
 from nara.security.actors import Actor, Assignment
-from nara.security.rules import PERSONNUMMER, SAMORDNINGSNUMMER, ref_id
+from nara.security.rules import ref_id
 from nara.security.schema import pdl_rule
 from nara.security.scopes import Scopes
 from nara.security.tokens import unauthorized

@@ -58,7 +58,7 @@ from sqlalchemy.sql.selectable import Alias
 from sqlalchemy.sql.visitors import InternalTraversal
 
 from nara.fhir.canonical import BASE
-from nara.fhir.identifiers import InvalidIdentifier, normalize_system, parse_personal_identity
+from nara.fhir.identifiers import InvalidIdentifier, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security.actors import PURPOSE_ADMIN, PURPOSE_CARE, PURPOSE_QUALITY, Actor
 from nara.security.identity import care_provider_of
@@ -82,7 +82,7 @@ from nara.security.rules import (
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.crud import Tx
 from nara.store.memo import Memo
-from nara.store.patients import UNRESOLVED_PATIENT, patients_with_identifiers
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
 from nara.store.schema import resource, sp_reference, sp_token
 
 SECURITY_SYSTEM = f"{BASE}/CodeSystem/security"
@@ -944,12 +944,9 @@ class Policy:
     def _check_new_identity(self, tx: Tx, body: dict[str, Any]) -> None:
         """A new Patient may not carry a personal identity number another patient's record has (409): one person,
         one record, so that the number identifies one patient to the portal and to staff."""
-        numbers: list[tuple[str | None, str]] = [
-            (normalize_system(i.get("system")), str(i.get("value")))
-            for i in body.get("identifier") or []
-            if is_personal_identifier(i)
-        ]
-        if patients_with_identifiers(tx.conn, numbers, limit=1):
+        # In any written form and under either system (URI or RIV OID): a record stored with the OID is the same.
+        numbers = [i for i in body.get("identifier") or [] if is_personal_identifier(i)]
+        if any(patients_identified_by(tx.conn, i.get("system"), str(i.get("value")), limit=1) for i in numbers):
             raise FhirError(409, "duplicate", "A patient with this personal identity number is already registered")
 
     def labelled_for_writer(self, res: dict[str, Any]) -> dict[str, Any]:

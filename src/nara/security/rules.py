@@ -16,6 +16,7 @@ from sqlalchemy import Connection, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
+from nara.fhir.identifiers import PERSONNUMMER, SAMORDNINGSNUMMER, normalize_system
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
 from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
@@ -30,8 +31,6 @@ CONSENT_KIND_SYSTEM = f"{NARA}/CodeSystem/pdl-consent-kind"
 INFO_TYPE_SYSTEM = f"{NARA}/CodeSystem/information-type"
 ACTOR_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 NARA_ACTOR_ROLE_SYSTEM = f"{NARA}/CodeSystem/consent-actor-role"
-PERSONNUMMER = "http://electronichealth.se/identifier/personnummer"
-SAMORDNINGSNUMMER = "http://electronichealth.se/identifier/samordningsnummer"
 RULE_TYPES = frozenset({"EpisodeOfCare", "Encounter", "CareTeam", "Consent", "RelatedPerson", "Patient"})
 PROTECTED_LABEL_SYSTEM = "http://hl7.se/fhir/ig/base/CodeSystem/SecurityLabel"
 PROTECTED_LABELS = frozenset({"sekretessmarkering", "skyddadFolkbokforing"})
@@ -347,8 +346,9 @@ def without_staff_private_data(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def is_personal_identifier(ident: Any) -> bool:
-    """Whether an Identifier is a personnummer or samordningsnummer."""
-    return isinstance(ident, dict) and ident.get("system") in (PERSONNUMMER, SAMORDNINGSNUMMER)
+    """Whether an Identifier is a personnummer or samordningsnummer (under the URI or the RIV OID)."""
+    system = ident.get("system") if isinstance(ident, dict) else None
+    return isinstance(system, str) and normalize_system(system) in (PERSONNUMMER, SAMORDNINGSNUMMER)
 
 
 def block_custodians(res: dict[str, Any]) -> list[str]:
