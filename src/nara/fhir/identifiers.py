@@ -33,6 +33,15 @@ _SYSTEM_ALIASES = {
     HSA_ID.removeprefix("urn:oid:"): HSA_ID,
 }
 
+# The systems of a personal identity number (personnummer, samordningsnummer), as stored.
+PERSONAL_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
+
+
+def written_systems(system: str) -> frozenset[str]:
+    """Every form a stored system is written in on input (the stored URI and the OIDs it normalises from)."""
+    return frozenset({system, *(alias for alias, to in _SYSTEM_ALIASES.items() if to == system)})
+
+
 _PERSON_RE = re.compile(r"(?:(\d{2}))?(\d{2})(\d{2})(\d{2})([-+]?)(\d{3})(\d)")
 # SE + organisation number (10 digits, optionally prefixed by a 2-digit country/series code) + '-' + local part.
 _HSA_RE = re.compile(r"SE\d{10}(?:\d{2})?-[A-Z0-9]{1,20}")
@@ -207,7 +216,7 @@ def normalize_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
         out["system"] = system
     if not isinstance(value, str):
         return out
-    if system in (PERSONNUMMER, SAMORDNINGSNUMMER):
+    if system in PERSONAL_SYSTEMS:
         pid = parse_personal_identity(value)
         if pid.system != system:
             raise InvalidIdentifier(f"{value!r} is a {pid.kind}, not a {system.rsplit('/', 1)[-1]}")

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
-from nara.fhir.identifiers import PERSONNUMMER, SAMORDNINGSNUMMER, normalize_system
+from nara.fhir.identifiers import PERSONAL_SYSTEMS, normalize_system
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
 from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
@@ -348,7 +348,7 @@ def without_staff_private_data(res: dict[str, Any]) -> dict[str, Any]:
 def is_personal_identifier(ident: Any) -> bool:
     """Whether an Identifier is a personnummer or samordningsnummer (under the URI or the RIV OID)."""
     system = ident.get("system") if isinstance(ident, dict) else None
-    return isinstance(system, str) and normalize_system(system) in (PERSONNUMMER, SAMORDNINGSNUMMER)
+    return isinstance(system, str) and normalize_system(system) in PERSONAL_SYSTEMS
 
 
 def block_custodians(res: dict[str, Any]) -> list[str]:

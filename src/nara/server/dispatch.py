@@ -25,7 +25,7 @@ from nara.fhir.spec import spec
 from nara.server.bundles import history_bundle, page_url, resource_body, search_bundle
 from nara.store.crud import Stored, Tx, WriteResult
 from nara.store.history import history
-from nara.store.search import RowFilter, Searcher
+from nara.store.search import RowFilter, Searcher, SearchResult
 
 
 @dataclass
@@ -210,6 +210,13 @@ def _redacted(tx: Tx, ctx: Context, st: Stored) -> Stored:
     return ctx.redact(tx, st) if ctx.redact is not None else st
 
 
+def redact_result(tx: Tx, ctx: Context, result: SearchResult) -> None:
+    """The context's redaction (e.g. protected addresses) on every match and include a search returns."""
+    if ctx.redact is not None:
+        result.matches = [ctx.redact(tx, st) for st in result.matches]
+        result.included = [ctx.redact(tx, st) for st in result.included]
+
+
 def _check_scope(tx: Tx, rtype: str, action: str) -> None:
     """The token's SMART scopes allow ``action`` (read or search) on ``rtype`` (403 otherwise)."""
     if tx.policy is not None:
@@ -368,9 +375,7 @@ def search(
         _check_scope(tx, searched, "search")
     q = parse_search(ctx, rtype, params)
     result = searcher(tx, ctx).search(q, compartment)
-    if ctx.redact is not None:
-        result.matches = [ctx.redact(tx, st) for st in result.matches]
-        result.included = [ctx.redact(tx, st) for st in result.included]
+    redact_result(tx, ctx, result)
     if compartment is not None:
         path = f"{ctx.base_url}/{compartment[0]}/{compartment[1]}/{rtype or '*'}"
     else:

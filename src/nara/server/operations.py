@@ -16,9 +16,17 @@ from nara.fhir.dates import parse_range
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.spec import spec
 from nara.server.bundles import page_url, search_bundle
-from nara.server.dispatch import OPERATIONS, Context, FhirRequest, Outcome, operation, parse_search, searcher
+from nara.server.dispatch import (
+    OPERATIONS,
+    Context,
+    FhirRequest,
+    Outcome,
+    operation,
+    parse_search,
+    redact_result,
+    searcher,
+)
 from nara.store.crud import Tx
-from nara.store.search import SearchResult
 
 # (resource type or "*" for system level) -> operation names, for the CapabilityStatement.
 DECLARED: dict[str, list[str]] = {"Patient": ["everything"], "Observation": ["lastn"]}
@@ -77,13 +85,6 @@ def _count(pairs: list[tuple[str, str]], name: str) -> int | None:
     return int(raw)
 
 
-def _redact(tx: Tx, ctx: Context, result: SearchResult) -> None:
-    """The context's redaction (e.g. protected addresses) on everything the operation returns."""
-    if ctx.redact is not None:
-        result.matches = [ctx.redact(tx, st) for st in result.matches]
-        result.included = [ctx.redact(tx, st) for st in result.included]
-
-
 @operation("everything")
 def everything(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
     if rtype != "Patient" or rid is None:
@@ -114,7 +115,7 @@ def everything(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: s
         count=_count(pairs, "_count"),
         cursor=_one(pairs, "_cursor"),
     )
-    _redact(tx, ctx, result)
+    redact_result(tx, ctx, result)
     for name in unknown:
         result.issues.append(Issue("warning", "not-supported", f"Unknown $everything parameter '{name}' (ignored)"))
     path = f"{ctx.base_url}/Patient/{rid}/$everything"
@@ -136,7 +137,7 @@ def lastn(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | 
         raise FhirError(400, "invalid", "'max' must be at least 1", ["max"])
     q = parse_search(ctx, "Observation", [(k, v) for k, v in pairs if k != "max"])
     result = searcher(tx, ctx).lastn(q, max_n or 1)
-    _redact(tx, ctx, result)
+    redact_result(tx, ctx, result)
     path = f"{ctx.base_url}/Observation/$lastn"
     bundle: dict[str, Any] = search_bundle(
         ctx.base_url,

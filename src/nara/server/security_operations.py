@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import instant, parse_instant
-from nara.fhir.identifiers import HSA_ID, InvalidIdentifier, parse_personal_identity
+from nara.fhir.identifiers import HSA_ID, PERSONNUMMER, InvalidIdentifier, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.security import audit
 from nara.security.actors import PURPOSE_CARE, Actor
@@ -33,7 +33,6 @@ from nara.security.review import run_review
 from nara.security.rules import (
     ACTOR_ROLE_SYSTEM,
     CONSENT_KIND_SYSTEM,
-    PERSONNUMMER,
     ref_id,
 )
 from nara.security.schema import audit_access, audit_event, pdl_rule

@@ -10,13 +10,11 @@ from __future__ import annotations
 from sqlalchemy import Connection, and_, or_, select
 
 from nara.fhir.identifiers import (
-    PERSONNUMMER,
-    PERSONNUMMER_OID,
-    SAMORDNINGSNUMMER,
-    SAMORDNINGSNUMMER_OID,
+    PERSONAL_SYSTEMS,
     InvalidIdentifier,
     normalize_system,
     parse_personal_identity,
+    written_systems,
 )
 from nara.store.schema import sp_token
 
@@ -26,12 +24,8 @@ from nara.store.schema import sp_token
 # readable by every staff member).
 UNRESOLVED_PATIENT = "?unresolved"
 
-PERSONAL_SYSTEMS = frozenset({PERSONNUMMER, SAMORDNINGSNUMMER})
 # The systems a stored Patient may carry a personal identity number under (as sent: URI or RIV OID).
-_PERSONAL_ALIASES = sorted(
-    {PERSONNUMMER, SAMORDNINGSNUMMER, PERSONNUMMER_OID, SAMORDNINGSNUMMER_OID}
-    | {"urn:oid:" + PERSONNUMMER_OID, "urn:oid:" + SAMORDNINGSNUMMER_OID}
-)
+_PERSONAL_ALIASES = sorted(alias for system in PERSONAL_SYSTEMS for alias in written_systems(system))
 
 
 def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | None, str]], limit: int) -> list[str]:
