@@ -102,12 +102,25 @@ def serve(
 
         signing_key()  # create the development key once, before the workers start
     os.environ["NARA_DATABASE_URL"] = settings.database_url
+    outbox = settings.security.audit_outbox
+    if outbox is None and not os.environ.get("NARA_AUDIT_OUTBOX") and not settings.database_url.startswith("sqlite"):
+        # On PostgreSQL reads append their audit record to a local outbox that the sealer drains (ADR 0004).
+        from nara.config import OUTBOX_DEFAULT
+
+        outbox = os.path.abspath(OUTBOX_DEFAULT)
+        os.environ["NARA_AUDIT_OUTBOX"] = outbox
     sealer = None
     if settings.security.sealer != "external":
         from nara.security.sealer import EXTERNAL, start_process
 
-        # One sealer process for all workers (it ends with this process), instead of a thread in each.
-        sealer = start_process(settings.database_url, settings.security.seal_interval_seconds)
+        # One sealer process for all workers (it ends with this process), instead of a thread in each; it
+        # drains the read-audit outbox too (also what a killed server left there).
+        sealer = start_process(
+            settings.database_url,
+            settings.security.seal_interval_seconds,
+            Path(outbox) if outbox else None,
+            settings.security.drain_interval_seconds,
+        )
         os.environ["NARA_AUDIT_SEALER"] = EXTERNAL
     console.print(f"Nära is running at [bold]http://{host}:{port}/[/] (FHIR base http://{host}:{port}/fhir)")
     try:
@@ -415,15 +428,50 @@ def _engine(database_url: str | None) -> object:
     return create_engine(settings.database_url)
 
 
+OUTBOX_OPTION = typer.Option(
+    None,
+    "--outbox",
+    envvar="NARA_AUDIT_OUTBOX",
+    help="This host's read-audit outbox directory (default: nara serve's, var/audit-outbox)",
+)
+
+
+def _drain(engine: object, outbox: Path | None) -> int:
+    """Drain this host's read-audit outbox into the log (nothing on SQLite, which has none)."""
+    from sqlalchemy.engine import Engine
+
+    from nara.config import OUTBOX_DEFAULT
+    from nara.security.audit_outbox import drain
+    from nara.store.database import is_postgres
+
+    assert isinstance(engine, Engine)
+    if not is_postgres(engine) or (outbox is not None and str(outbox).lower() == "off"):
+        return 0
+    return drain(engine, (outbox or Path(OUTBOX_DEFAULT)).absolute())
+
+
+@audit_app.command("drain")
+def audit_drain(outbox: Path | None = OUTBOX_OPTION, database_url: str | None = DB_OPTION) -> None:
+    """Bring the read-audit records waiting in this host's outbox into the log (the sealer of nara serve does
+    it several times a second; run this after the whole server was killed and is not started again)."""
+    engine = _engine(database_url)
+    try:
+        n = _drain(engine, outbox)
+    finally:
+        engine.dispose()  # type: ignore[attr-defined]
+    console.print(f"Drained {n} audit records from the outbox.")
+
+
 @audit_app.command("seal")
-def audit_seal(database_url: str | None = DB_OPTION) -> None:
-    """Chain every not yet sealed audit record."""
+def audit_seal(outbox: Path | None = OUTBOX_OPTION, database_url: str | None = DB_OPTION) -> None:
+    """Chain every not yet sealed audit record (after draining this host's outbox)."""
     from sqlalchemy.engine import Engine
 
     from nara.security.audit import seal_all
 
     engine = _engine(database_url)
     assert isinstance(engine, Engine)
+    _drain(engine, outbox)
     n = seal_all(engine)
     engine.dispose()
     console.print(f"Sealed {n} audit records.")

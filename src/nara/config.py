@@ -74,7 +74,21 @@ def _security_from_env() -> SecuritySettings:
         seal_interval_seconds=_env_float("NARA_AUDIT_SEAL_SECONDS", 1.0),
         sealer=_env_choice("NARA_AUDIT_SEALER", ("thread", "external"), "thread"),
         audit_retention_days=_retention_days(),
+        audit_outbox=audit_outbox_dir(),
+        drain_interval_seconds=_env_float("NARA_AUDIT_DRAIN_SECONDS", 0.2),
     )
+
+
+OUTBOX_DEFAULT = "var/audit-outbox"  # nara serve's outbox on PostgreSQL when NARA_AUDIT_OUTBOX is not set
+
+
+def audit_outbox_dir() -> str | None:
+    """The read-audit outbox's directory from NARA_AUDIT_OUTBOX: None when unset or ``off`` (every read's
+    record is then written to the database before the read answers)."""
+    raw = (os.environ.get("NARA_AUDIT_OUTBOX") or "").strip()
+    if not raw or raw.lower() == "off":
+        return None
+    return os.path.abspath(raw)
 
 
 def _env_bool(name: str, default: bool) -> bool:

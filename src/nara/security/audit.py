@@ -376,23 +376,37 @@ def record_many(conn: Connection, records: list[tuple[AuditRecord, datetime]]) -
 
     Every record must look protected identity up (``lookup_protected``); the others go through ``record``.
     """
-    if conn.dialect.name != "postgresql":
-        raise ValueError("record_many is the PostgreSQL statement; use record() elsewhere")
-    events: list[dict[str, Any]] = []
-    accesses: list[dict[str, Any]] = []
-    for i, (rec, at) in enumerate(records):
+    rows = []
+    for rec, at in records:
         if not rec.lookup_protected:
             raise ValueError("record_many always looks protected identity up")
-        params, distinct = _event_params(rec, at)
-        params["ord"] = i
-        events.append(params)
-        accesses.extend({"ord": i, **{c: getattr(x, c) for c in _ACCESS_COLUMNS}} for x in distinct)
+        rows.append(record_row(rec, at))
+    return insert_rows(conn, rows)
+
+
+def record_row(rec: AuditRecord, at: datetime) -> dict[str, Any]:
+    """One audit record as plain values: the event's columns (``e``) and its distinct accesses (``a``), as
+    ``insert_rows`` writes them and as the read-audit outbox keeps them until then."""
+    params, distinct = _event_params(rec, at)
+    return {"e": params, "a": [{c: getattr(x, c) for c in _ACCESS_COLUMNS} for x in distinct]}
+
+
+def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """PostgreSQL: insert audit records given as ``record_row`` values in one statement, protected identity
+    looked up by the statement (R-ID-3); returns their seqs in order."""
+    if conn.dialect.name != "postgresql":
+        raise ValueError("insert_rows is the PostgreSQL statement; use record() elsewhere")
+    events: list[dict[str, Any]] = []
+    accesses: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        events.append({**row["e"], "ord": i})
+        accesses.extend({**x, "ord": i} for x in row["a"])
     seqs: dict[int, int] = dict(
         conn.exec_driver_sql(
             _record_many_sql(), {"events": orjson.dumps(events).decode(), "accesses": orjson.dumps(accesses).decode()}
         ).all()
     )
-    return [int(seqs[i]) for i in range(len(records))]
+    return [int(seqs[i]) for i in range(len(rows))]
 
 
 # ---- hash chain -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
 from nara.security.actors import SYSTEM, Actor
 from nara.security.audit_commit import GroupCommit
+from nara.security.audit_outbox import Outbox, OutboxError, drain
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
@@ -66,6 +68,11 @@ class SecuritySettings:
     sealer: str = "thread"
     # R-LOG-2: audit records cannot be changed, nor deleted before this many days (NARA_AUDIT_RETENTION_YEARS).
     audit_retention_days: int = 1827
+    # The read-audit outbox's directory (NARA_AUDIT_OUTBOX; nara serve's default on PostgreSQL): reads on
+    # PostgreSQL append their record there before answering, and the sealer drains it into the log. None:
+    # every read's record is written to the database before the read answers.
+    audit_outbox: str | None = None
+    drain_interval_seconds: float = 0.2  # how often the sealer drains the outbox (NARA_AUDIT_DRAIN_SECONDS)
 
 
 def redact(tx: Tx, st: Stored) -> Stored:
@@ -137,11 +144,18 @@ class Gate:
         self.validator = TokenValidator(issuers)
         self.resolver = ActorResolver(store)
         self.group_commit = GroupCommit()
+        # The read-audit outbox (PostgreSQL only: on SQLite a read's record is one local insert anyway).
+        self.outbox = Outbox(Path(settings.audit_outbox)) if settings.audit_outbox and store.postgres else None
         # One audit hook per store: a second gate on the same store (a second app) replaces the first one's
         # hook instead of auditing every write twice. The hook reads everything from the transaction's policy.
         store.write_hooks[:] = [h for h in store.write_hooks if not isinstance(getattr(h, "__self__", None), Gate)]
         store.write_hooks.append(self._audit_write)
-        self._sealer = SealerThread(store.engine, settings.seal_interval_seconds)
+        self._sealer = SealerThread(
+            store.engine,
+            settings.seal_interval_seconds,
+            self.outbox.directory if self.outbox else None,
+            settings.drain_interval_seconds,
+        )
 
     # ---- identity ------------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, req: Any = None) -> Actor:
@@ -247,7 +261,14 @@ class Gate:
             protected = protected_by_label(tx.conn, {x.patient_id for x in rec.accesses})
             for x in rec.accesses:
                 x.protected = x.patient_id in protected
-        if tx.autocommit and tx.pg and rec.lookup_protected:
+        if tx.autocommit and tx.pg and rec.lookup_protected and self.outbox is not None:
+            # A read on PostgreSQL: in the outbox's file before the request answers; drained into the log.
+            try:
+                self.outbox.append(rec, audit.now_utc())
+            except OutboxError as exc:
+                log.error("%s", exc)
+                raise FhirError(500, "exception", "The access could not be logged; nothing is shown") from exc
+        elif tx.autocommit and tx.pg and rec.lookup_protected:
             # A read on PostgreSQL: written before the request answers, together with concurrent reads' records.
             self.group_commit.record(tx.conn, rec)
         else:
@@ -382,8 +403,8 @@ class Gate:
         """Context hook before an interaction: a read by id on PostgreSQL's autocommit read pool gets its
         record written by the read's own statement (``audit.RecordingRead``; one round trip, not two)."""
         policy: Policy | None = tx.policy
-        if policy is None or not (tx.autocommit and tx.pg and policy.rules_available):
-            return
+        if policy is None or not (tx.autocommit and tx.pg and policy.rules_available) or self.outbox is not None:
+            return  # with the outbox, a read's record is appended after the read (audit_read)
         if interaction_kind(req.method.upper(), req.path) != "read":
             return
         request, rtype, rid, flags = _read_interaction(tx, req)
@@ -493,6 +514,12 @@ class Gate:
         cause = exc.__cause__
         return exc.status >= 500 and cause is not None and "pdl_rule" in str(cause)
 
+    def drain_outbox(self) -> None:
+        """Bring the records waiting in this host's outbox into the log: a log reader calls it first, so that
+        an access made a moment ago on this host is in what it shows."""
+        if self.outbox is not None:
+            drain(self.store.engine, self.outbox.directory)
+
     # ---- sealing -------------------------------------------------------------------------------
     def start_sealer(self) -> None:
         if self.settings.sealer != EXTERNAL:
@@ -500,6 +527,8 @@ class Gate:
 
     def stop_sealer(self) -> None:
         self._sealer.stop()
+        if self.outbox is not None:
+            self.outbox.close()
 
 
 # The rows a block hides, as the signal looks for them (one alias: the policy's filters are cached per alias).

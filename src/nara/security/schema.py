@@ -125,6 +125,15 @@ audit_review = Table(
     Column("action", Text, nullable=False),
 )
 
+# How far each read-audit outbox file has been drained into the log (nara.security.audit_outbox): updated in
+# the transaction that inserts the records, so each is inserted once. A row per file still on some host.
+audit_outbox = Table(
+    "audit_outbox",
+    metadata,
+    Column("file", String(200), primary_key=True),  # <host>-<pid>-<start ns>.audit
+    Column("drained", BigInteger().with_variant(Integer, "sqlite"), nullable=False),  # bytes inserted
+)
+
 AUDIT_TABLES = ("audit_event", "audit_access", "audit_review")
 MIN_RETENTION_YEARS = 5  # R-LOG-2: audit records are kept at least five years
 

@@ -91,6 +91,7 @@ async def fhir_endpoint(request: Request) -> Response:
             audit_before=gate.prepare_read_audit,
             redact=redact,
             redact_versions=redact_versions,
+            flush_log=gate.drain_outbox,
         )
         if path.strip("/") == "metadata" and method in ("GET", "HEAD"):
             outcome = await run_in_threadpool(_execute_public, store, ctx, req)

@@ -65,6 +65,8 @@ class Context:
     redact_versions: Callable[[Tx, list[Stored]], list[Stored]] | None = None
     # Called with (request, error) when an interaction is refused (403): the denial's audit record.
     audit_denial: Callable[[FhirRequest, FhirError], None] | None = None
+    # Called before the access log is read: brings this host's read-audit outbox into the log first.
+    flush_log: Callable[[], None] | None = None
 
 
 @dataclass

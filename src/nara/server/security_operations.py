@@ -369,6 +369,12 @@ def _unit_names(tx: Tx, ids: set[str]) -> dict[str, str]:
     return {rid: str(orjson.loads(content).get("name", rid)) for rid, content in rows if content}
 
 
+def _flush_log(ctx: Context) -> None:
+    """Reads logged a moment ago on this host are in the log before it is read (the read-audit outbox)."""
+    if ctx.flush_log is not None:
+        ctx.flush_log()
+
+
 @operation("log-extract")
 def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
     actor = _policy(tx).actor
@@ -386,6 +392,7 @@ def log_extract(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: 
     # An auditor extracts their own care provider's log (each provider answers for its own users' accesses); the
     # patient and her proxy get every provider's.
     provider = _audited_provider(actor) if actor.kind not in ("citizen", "proxy") else None
+    _flush_log(ctx)
     rows = audit.extract(
         tx.conn, rid, start, end, include_names=ctx.settings.security.log_extract_names, provider=provider
     )
@@ -640,6 +647,7 @@ def _require_auditor(tx: Tx, action: str = "search") -> Actor:
 def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Outcome:
     """``GET AuditEvent`` and ``GET AuditEvent/{seq}`` served from the log tables (auditors only)."""
     provider = _audited_provider(_require_auditor(tx, "search" if seq is None else "read"))
+    _flush_log(ctx)
     conds = [] if provider is None else [audit_event.c.provider_id == provider]
     if seq is not None:
         if not seq.isdigit():
@@ -690,6 +698,7 @@ def audit_events(tx: Tx, ctx: Context, req: FhirRequest, seq: str | None) -> Out
 @operation("log-review")
 def log_review(tx: Tx, ctx: Context, req: FhirRequest, rtype: str | None, rid: str | None) -> Outcome:
     actor = _require_auditor(tx)
+    _flush_log(ctx)
     params = _params(req)
     start, end = _period(params)
     default_start, default_end = audit.default_period(30)

@@ -1,0 +1,224 @@
+"""The read-audit outbox: a read's record is appended to a local spool file before the read answers, and
+drained into the log tables in batches by the host's sealer (``nara serve``'s sealer process).
+
+Why: writing a read's record to PostgreSQL before answering costs the database an insert of two rows
+(five and two indexes) and a commit for every read, and the worker a larger statement or a round trip:
+measured, more than half the database work of a read by id. Appended to a file, the record costs the
+worker one ``write`` and the database a share of a batched insert (docs/adr/0004-audit-trail.md).
+
+The guarantee (R-LOG-1, issue "an acknowledged request always has its record, even if the process is
+killed right after"): the record is in the kernel's file before the response is sent. A killed process
+loses nothing: the sealer, or ``nara audit drain`` after a crash of the whole server, drains it. What
+the file does not survive is the loss of the host itself before the drain (a fraction of a second); the
+database's asynchronous read commits had the same window for a database crash. ``NARA_AUDIT_OUTBOX=off``
+writes every record to the database before answering instead.
+
+Files and their life:
+- Each process appends to its own file, ``<host>-<pid>-<start ns>.audit``, one JSON document a line
+  (``audit.record_row``). It holds an exclusive ``flock`` on the file while it may still append; it takes
+  the lock before the file gets its name (a temporary name, then ``rename``), so a drainer never sees an
+  unlocked file that a writer is about to use. It starts a new file past ``MAX_FILE_BYTES``.
+- A drainer reads a file from the byte offset recorded for it in ``audit_outbox`` (same transaction as the
+  insert of the records it read: each record is inserted exactly once, also with several drainers), up
+  to the last complete line. A file whose lock it can take is finished (its writer moved on or died): once
+  drained to its end it is deleted. An incomplete last line of a finished file was never acknowledged
+  (the writer died inside ``write``) and is dropped with a warning.
+- Log readers on the same host (``$log-extract``, ``AuditEvent``, ``$log-review``) drain first, so that a
+  patient sees an access made a moment ago. On another host the log shows it after that host's next drain
+  (``NARA_AUDIT_DRAIN_SECONDS``, default 0.2 s).
+
+Written here rather than taken from a library: what is needed is an append-only local file with an
+offset kept in the same database transaction as the rows it became, which no queue library offers
+without a broker of its own (a broker would be one more service to run and to keep durable).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from nara.security.audit import AuditRecord, insert_rows, record_row
+from nara.security.schema import audit_outbox
+
+log = logging.getLogger("nara.security.audit_outbox")
+
+SUFFIX = ".audit"
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a writer starts a new file past this size
+DRAIN_BATCH = 2000  # records inserted per statement and transaction
+REJECTED = "rejected.lines"  # lines of a spool file that are not records (changed by hand), for the operator
+
+
+class OutboxError(OSError):
+    """The record could not be appended (disk full, spool gone): the read must not answer."""
+
+
+class Outbox:
+    """This process's writer: ``append`` returns once the record is in the spool file."""
+
+    def __init__(self, directory: Path, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+        self.directory = Path(directory)
+        self.max_file_bytes = max_file_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._size = 0
+
+    def append(self, rec: AuditRecord, at: datetime) -> None:
+        line = orjson.dumps(record_row(rec, at)) + b"\n"
+        with self._lock:
+            try:
+                if self._fd is None or self._pid != os.getpid() or self._size >= self.max_file_bytes:
+                    self._open()
+                assert self._fd is not None
+                written = os.write(self._fd, line)
+            except OSError as exc:
+                raise OutboxError(f"the audit outbox {self.directory} cannot be written: {exc.strerror}") from exc
+            if written != len(line):  # a regular file writes all or fails; never answer on a part
+                raise OutboxError(f"the audit outbox {self.directory} took {written} of {len(line)} bytes")
+            self._size += written
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)  # releases the lock: the file is finished
+            self._fd = None
+
+    def _open(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None  # a forked child never appends to its parent's file
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        tmp = self.directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, self.directory / name)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._pid, self._size = fd, os.getpid(), 0
+
+
+def pending_files(directory: Path) -> list[Path]:
+    """The spool files in ``directory``, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(
+        (p for p in directory.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")),
+        key=_started,
+    )
+
+
+def _started(path: Path) -> tuple[int, str]:
+    try:
+        return int(path.name[: -len(SUFFIX)].rsplit("-", 1)[1]), path.name
+    except (IndexError, ValueError):
+        return 0, path.name
+
+
+def drain(engine: Engine, directory: Path) -> int:
+    """Insert every complete record waiting in ``directory``'s spool files into the log; delete the files
+    their writers are done with. Returns how many records were inserted."""
+    total = 0
+    for path in pending_files(directory):
+        try:
+            total += _drain_file(engine, path)
+        except FileNotFoundError:
+            continue  # drained and deleted by another drainer meanwhile
+    return total
+
+
+def _drain_file(engine: Engine, path: Path) -> int:
+    total = 0
+    with open(path, "rb") as f:
+        finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
+        while True:
+            with engine.connect() as conn, conn.begin() as txn:
+                offset = _locked_offset(conn, path.name)  # one drainer at a time per file
+                if offset is None or not path.exists():
+                    # Another drainer finished the file and removed it (and its row) while this one waited:
+                    # a new row would start it again from its first record.
+                    txn.rollback()
+                    return total
+                f.seek(offset)
+                lines = _complete_lines(f, DRAIN_BATCH)
+                rows = [row for row in (_parse(line, path) for line in lines) if row is not None]
+                if rows:
+                    insert_rows(conn, rows)
+                if lines:
+                    conn.execute(
+                        update(audit_outbox)
+                        .where(audit_outbox.c.file == path.name)
+                        .values(drained=offset + sum(len(line) for line in lines))
+                    )
+            total += len(rows)
+            if len(lines) < DRAIN_BATCH:
+                break
+        if finished:
+            rest = f.read()
+            if rest:
+                log.warning("%s ends in %d bytes that were never a whole record; dropped", path.name, len(rest))
+            # The file before its row: a drainer that finds the row gone checks that the file is gone too.
+            path.unlink()
+            with engine.begin() as conn:
+                conn.execute(delete(audit_outbox).where(audit_outbox.c.file == path.name))
+    return total
+
+
+def _complete_lines(f: BinaryIO, limit: int) -> list[bytes]:
+    """Up to ``limit`` whole lines (with their newline) from ``f``'s position; the file stays after them."""
+    lines: list[bytes] = []
+    while len(lines) < limit:
+        start = f.tell()
+        line = f.readline()
+        if not line.endswith(b"\n"):
+            f.seek(start)  # nothing, or a record still being written
+            break
+        lines.append(line)
+    return lines
+
+
+def _parse(line: bytes, path: Path) -> dict[str, Any] | None:
+    try:
+        row = orjson.loads(line)
+        if isinstance(row, dict) and isinstance(row.get("e"), dict) and isinstance(row.get("a"), list):
+            return row
+    except orjson.JSONDecodeError:
+        pass
+    # Not a record this module wrote (the file was changed): kept for the operator, not lost, not inserted.
+    log.error("%s holds a line that is not an audit record; kept in %s", path.name, REJECTED)
+    with open(path.parent / REJECTED, "ab") as out:
+        out.write(line)
+    return None
+
+
+def _finished(fd: int) -> bool:
+    """Whether no writer holds the file any more (it moved on to a new file, or it died)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _locked_offset(conn: Connection, name: str) -> int | None:
+    """How far ``name`` has been drained, its row locked until the transaction ends (created at 0); None when
+    the row went while this drainer waited for it (another drainer finished the file)."""
+    conn.execute(pg_insert(audit_outbox).values(file=name, drained=0).on_conflict_do_nothing())
+    value = conn.execute(
+        select(audit_outbox.c.drained).where(audit_outbox.c.file == name).with_for_update()
+    ).scalar_one_or_none()
+    return None if value is None else int(value)

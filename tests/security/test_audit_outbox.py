@@ -1,0 +1,258 @@
+"""The read-audit outbox (nara.security.audit_outbox): on PostgreSQL a read's record is in a local spool file
+before the read answers, and in the log once drained; each record is inserted once, whatever the drainers."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from nara.config import Settings
+from nara.security import audit
+from nara.security.actors import Actor
+from nara.security.audit_outbox import Outbox, drain, pending_files
+from nara.security.schema import audit_access, audit_event, audit_outbox
+from nara.server.app import create_app
+from nara.store.store import Store
+from tests.conftest import Backend, ServerThread, _free_port, system_token, token, wait_healthy
+from tests.security.region import Region, build_region, observation
+
+
+@pytest.fixture
+def pg(backend: Backend) -> Backend:
+    if backend.name != "postgres":
+        pytest.skip("the read-audit outbox is PostgreSQL's (on SQLite a read's record is one local insert)")
+    return backend
+
+
+@dataclass
+class OutboxServer:
+    url: str
+    spool: Path
+    store: Store
+    outbox: Outbox  # the app's writer
+
+
+@pytest.fixture
+def outbox_server(pg: Backend, store: Store, tmp_path: Path) -> Iterator[OutboxServer]:
+    """A live server on the test database whose reads go through an outbox in ``tmp_path``. Its sealer waits
+    an hour, so that the tests drain when they choose (a log reader still drains first)."""
+    spool = tmp_path / "outbox"
+    settings = Settings(database_url=pg.url)
+    settings.store = store.settings
+    settings.security.dev_idp = True
+    settings.security.audit_outbox = str(spool)
+    settings.security.seal_interval_seconds = 3600
+    settings.security.drain_interval_seconds = 3600
+    own = Store.from_url(pg.url, store.settings, pool_size=4)  # its own store: the session server keeps its hooks
+    app = create_app(settings, own)
+    port = _free_port()
+    thread = ServerThread(app, port)
+    thread.start()
+    wait_healthy(f"http://127.0.0.1:{port}", 15)
+    try:
+        assert app.state.gate.outbox is not None
+        yield OutboxServer(f"http://127.0.0.1:{port}/fhir", spool, own, app.state.gate.outbox)
+    finally:
+        thread.stop()
+        own.dispose()
+
+
+@pytest.fixture
+def region(outbox_server: OutboxServer) -> Iterator[Region]:
+    headers = {"Accept": "application/fhir+json", "Authorization": f"Bearer {system_token()}"}
+    with httpx.Client(base_url=outbox_server.url + "/", timeout=30, headers=headers) as c:
+        reg = build_region(c)
+        reg.post(observation(reg.patients["hidden"], "29463-7", 61.0), reg.staff["vc"].token())
+        yield reg
+
+
+def spooled(spool: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for p in pending_files(spool) for line in p.read_bytes().splitlines() if line]
+
+
+def logged_reads(store: Store, resource_id: str) -> list[Any]:
+    with store.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(audit_event).where(audit_event.c.action == "read", audit_event.c.resource_id == resource_id)
+            ).all()
+        )
+
+
+def test_r_log_1_a_read_is_in_the_outbox_before_it_answers_and_in_the_log_once_drained(
+    region: Region, outbox_server: OutboxServer, store: Store
+) -> None:
+    vc = region.staff["vc"]
+    with region.as_(vc.token()) as c:
+        found = c.get("Observation", params={"patient": region.patients["hidden"]}).json()
+        obs = found["entry"][0]["resource"]["id"]
+        assert c.get(f"Observation/{obs}").status_code == 200
+    # Answered: the record is in the spool file, not yet in the log.
+    lines = [r for r in spooled(outbox_server.spool) if r["e"]["action"] == "read" and r["e"]["resource_id"] == obs]
+    assert len(lines) == 1
+    assert lines[0]["e"]["user_id"] == vc.hsa and lines[0]["e"]["unit_id"] == vc.unit
+    assert lines[0]["a"] == [
+        {
+            "patient_id": region.patients["hidden"],
+            "owner_org": "SE2321000032-REG",
+            "owner_unit": vc.unit,
+            "access_type": "own-unit",
+            "protected": False,  # looked up when drained, in the insert's own statement
+            "action": None,
+            "assertion_id": None,
+        }
+    ]
+    assert logged_reads(store, obs) == []
+    drained = drain(store.engine, outbox_server.spool)
+    assert drained >= 2  # the search and the read (and the region's set-up reads, if any)
+    (event,) = logged_reads(store, obs)
+    # R-ID-3: every access to a patient with protected identity is flagged, by the drain's insert as by a direct one.
+    assert "protected-identity" in (event.flags or "")
+    with store.engine.connect() as conn:
+        (acc,) = conn.execute(select(audit_access).where(audit_access.c.seq == event.seq)).all()
+    assert acc.patient_id == region.patients["hidden"] and acc.access_type == "own-unit" and acc.protected
+    assert drain(store.engine, outbox_server.spool) == 0  # nothing twice
+
+
+def test_r_log_3_the_log_extract_shows_a_read_made_a_moment_ago(region: Region, outbox_server: OutboxServer) -> None:
+    anna = region.patients["anna"]
+    with region.as_(region.staff["hsv"].token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 200
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        r = c.get(f"Patient/{anna}/$log-extract")
+    assert r.status_code == 200, r.text
+    assert "Hemsjukvården Kumla" in r.text  # the municipal nurse's read, made a moment ago
+
+
+def test_r_log_4_an_auditor_reading_the_log_sees_reads_not_yet_drained_by_the_sealer(
+    region: Region, outbox_server: OutboxServer, store: Store
+) -> None:
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc2"].token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 200
+    with region.as_(region.staff["audit"].token()) as c:
+        r = c.get("AuditEvent", params={"agent": region.staff["vc2"].hsa})
+    assert r.status_code == 200, r.text
+    assert any(
+        e["resource"]["entity"][0]["what"]["reference"] == f"Patient/{anna}"
+        for e in r.json().get("entry", [])
+        if e["resource"].get("entity")
+    ), r.text
+
+
+def test_a_read_whose_record_cannot_be_appended_answers_500_and_shows_nothing(
+    region: Region, outbox_server: OutboxServer, tmp_path: Path
+) -> None:
+    # The writer's next file cannot be made: its directory's place is taken by a file (as a full or lost disk).
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("taken")
+    outbox_server.outbox.close()
+    outbox_server.outbox.directory = blocked
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc"].token()) as c:
+        r = c.get(f"Patient/{anna}")
+    assert r.status_code == 500
+    assert "Andersson" not in r.text and "could not be logged" in r.text
+
+
+def _record(i: int) -> audit.AuditRecord:
+    actor = Actor(kind="system", subject="outbox-test", client_id="outbox-test", policy_off=True)
+    return audit.AuditRecord(
+        "read",
+        "permit",
+        actor,
+        "Observation",
+        f"obs-{i}",
+        f"GET /Observation/obs-{i}",
+        accesses=[audit.Access(f"pat-{i % 7}", "SE2321000032-REG", None, "system")],
+    )
+
+
+def _count(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(audit_event)).scalar_one())
+
+
+def test_concurrent_drainers_insert_each_record_once_and_delete_only_finished_files(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool, max_file_bytes=20_000)  # several files: the writer moves on past 20 kB
+    for i in range(600):
+        writer.append(_record(i), audit.now_utc())
+    files = pending_files(spool)
+    assert len(files) > 2
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            drain(store.engine, spool)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with store.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(select(audit_event.c.resource_id))]
+        rows = conn.execute(select(audit_outbox.c.file, audit_outbox.c.drained)).all()
+    assert sorted(ids) == sorted(f"obs-{i}" for i in range(600))  # each once
+    # The files the writer moved on from are gone; the one it still holds stays, drained to its end.
+    assert pending_files(spool) == [files[-1]]
+    assert [(f, n) for f, n in rows] == [(files[-1].name, files[-1].stat().st_size)]
+    writer.close()  # the writer is done with it: the next drain removes it, and inserts nothing again
+    assert drain(store.engine, spool) == 0
+    assert pending_files(spool) == [] and _count(store) == 600
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_outbox)).scalar_one() == 0
+
+
+def test_a_record_still_being_written_waits_for_the_next_drain(pg: Backend, store: Store, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool)
+    writer.append(_record(1), audit.now_utc())
+    (path,) = pending_files(spool)
+    whole = orjson.dumps(audit.record_row(_record(2), audit.now_utc())) + b"\n"
+    assert writer._fd is not None
+    os.write(writer._fd, whole[:40])  # the writer is inside its write: half a line is there
+    assert drain(store.engine, spool) == 1
+    os.write(writer._fd, whole[40:])
+    assert drain(store.engine, spool) == 1
+    assert _count(store) == 2 and path.exists()
+
+
+def test_a_killed_writers_half_line_is_dropped_and_its_file_removed(pg: Backend, store: Store, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool)
+    writer.append(_record(1), audit.now_utc())
+    (path,) = pending_files(spool)
+    assert writer._fd is not None
+    os.write(writer._fd, b'{"e": {"action": "re')  # killed inside write(): never acknowledged
+    writer.close()  # the lock goes with the process
+    assert drain(store.engine, spool) == 1
+    assert not path.exists() and _count(store) == 1
+
+
+def test_a_changed_line_is_kept_for_the_operator_and_not_inserted(pg: Backend, store: Store, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool)
+    writer.append(_record(1), audit.now_utc())
+    assert writer._fd is not None
+    os.write(writer._fd, b"not a record\n")
+    writer.append(_record(2), audit.now_utc())
+    writer.close()
+    assert drain(store.engine, spool) == 2
+    assert _count(store) == 2
+    assert (spool / "rejected.lines").read_bytes() == b"not a record\n"
