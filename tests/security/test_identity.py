@@ -8,16 +8,38 @@ import hashlib
 import re
 import secrets
 import time
+from datetime import date, timedelta
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from sqlalchemy import select
 
+from nara.fhir.identifiers import make_personal_identity
 from nara.security.devidp import DEV_ISSUER, mint, signing_key
+from nara.security.schema import pdl_rule
+from nara.store.store import Store
 from tests.conftest import LiveServer, token
-from tests.security.region import HSV, JSON, VC, Region, actor, build_region, consent, ids, observation
+from tests.security.region import (
+    HSV,
+    JSON,
+    PNR,
+    VC,
+    Region,
+    actor,
+    build_region,
+    consent,
+    ids,
+    luhn_pnr,
+    observation,
+)
+
+PNR_OID = "urn:oid:1.2.752.129.2.1.3.1"  # RIV-TA's personnummer OID (R-ID-2)
+SNR_OID = "1.2.752.129.2.1.3.3"  # RIV-TA's samordningsnummer OID, as some feeds write it (without urn:oid:)
+ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 
 
 def call(live: LiveServer, bearer: str | None, path: str = "Patient") -> httpx.Response:
@@ -342,3 +364,96 @@ def test_dev_idp_refuses_open_redirects(live_server: LiveServer, fhir: httpx.Cli
         "code_challenge_method": "S256",
     }
     assert httpx.get(f"{live_server.root}/auth/authorize", params=params, timeout=10).status_code == 400
+
+
+# ---- R-ID-1 / R-ID-2: the token's personal identity number --------------------------------------------
+# Each test uses numbers of its own: the server keeps a resolved identity for half a minute.
+
+
+def dashed(number: str) -> str:
+    """A 12-digit number as people write it (YYYYMMDD-NNNC)."""
+    return f"{number[:8]}-{number[8:]}"
+
+
+def registered(region: Region, system: str, number: str, family: str) -> tuple[str, str]:
+    """A Patient the register's feed stores with ``system``, and one Observation of hers: (patient, observation)."""
+    pid = region.post(
+        {"resourceType": "Patient", "identifier": [{"system": system, "value": number}], "name": [{"family": family}]}
+    )["id"]
+    return pid, region.post(observation(pid, "29463-7", 64.5))["id"]
+
+
+def own_data(bearer: str, region: Region) -> tuple[set[str], set[str]]:
+    """The Patients and Observations a token finds when it searches without naming anyone."""
+    with region.as_(bearer) as c:
+        patients, observations = c.get("Patient?_count=100"), c.get("Observation?_count=100")
+        assert patients.status_code == 200 and observations.status_code == 200, (patients.text, observations.text)
+        return ids(patients.json()), ids(observations.json())
+
+
+def test_r_id_2_a_citizen_finds_her_record_stored_under_the_riv_oid(region: Region) -> None:
+    """An inbound feed (RIV/HL7v3) stores the personnummer or samordningsnummer under its OID: the citizen's login
+    finds her record all the same, whatever form her own number takes in the token, and sees her data only."""
+    pnr = luhn_pnr(date(1947, 11, 23), 482)
+    snr = make_personal_identity(date(1981, 2, 14), 593, samordning=True)
+    her, her_obs = registered(region, PNR_OID, pnr, "Oidsson")
+    newcomer, newcomer_obs = registered(region, SNR_OID, snr, "Samordning")
+    anna_obs = ids(region.fhir.get(f"Observation?patient={region.patients['anna']}").json())
+    for sub in (pnr, dashed(pnr)):
+        assert own_data(token(sub, "citizen"), region) == ({her}, {her_obs})
+    with region.as_(token(pnr, "citizen")) as c:
+        assert c.get(f"Patient/{her}").status_code == 200
+        assert c.get(f"Observation/{her_obs}").json()["valueQuantity"]["value"] == 64.5
+        assert [c.get(f"Observation/{o}").status_code for o in (newcomer_obs, *anna_obs)] == [403] * (1 + len(anna_obs))
+    assert own_data(token(snr, "citizen"), region) == ({newcomer}, {newcomer_obs})
+
+
+def test_r_id_1_a_number_on_two_live_records_identifies_no_one_and_a_deleted_record_none(region: Region) -> None:
+    """A number two live Patients carry identifies no one, also when one record has it under the URI and the other
+    under the OID (403, the records must be corrected). A deleted record is no record: the number it carried
+    opens nothing, and a new record with that number is hers alone."""
+    twice = luhn_pnr(date(1949, 12, 24), 617)
+    registered(region, PNR, twice, "Först")
+    registered(region, PNR_OID, twice, "Sedan")
+    with region.as_(token(twice, "citizen")) as c:
+        refused = c.get("Patient")
+        assert refused.status_code == 403 and "More than one Patient" in refused.text
+    gone = luhn_pnr(date(1952, 8, 31), 724)
+    old, old_obs = registered(region, PNR_OID, gone, "Raderad")
+    assert region.fhir.delete(f"Patient/{old}").status_code in (200, 204)
+    assert own_data(token(gone, "citizen"), region) == (set(), set())
+    moved = luhn_pnr(date(1953, 10, 1), 835)
+    first, _ = registered(region, PNR_OID, moved, "Gammal")
+    assert region.fhir.delete(f"Patient/{first}").status_code in (200, 204)
+    again, again_obs = registered(region, PNR, moved, "Ny")
+    assert own_data(token(moved, "citizen"), region) == ({again}, {again_obs})
+    with region.as_(token(moved, "citizen", scope="patient/*.rs")) as c:
+        assert c.get(f"Observation/{old_obs}").status_code == 403
+
+
+def test_r_id_2_a_guardian_acts_for_a_child_whom_the_feed_stored_under_the_oid(region: Region, store: Store) -> None:
+    """A proxy token names the represented person by personnummer: a child the register's feed stored under the
+    OID is found, and the guardian it recorded (under the OID, written with a hyphen) acts for her whatever form
+    the token gives either number in. The access rules keep the guardian's number in its 12 digits (R-ID-1)."""
+    today = date.today()
+    born = today.replace(year=today.year - 6) - timedelta(days=40)
+    child_pnr, guardian_pnr = luhn_pnr(born, 284), luhn_pnr(date(1988, 6, 17), 395)
+    child, child_obs = registered(region, PNR_OID, child_pnr, "Barnsson")
+    region.put({**region.fhir.get(f"Patient/{child}").json(), "birthDate": born.isoformat()})
+    guardian: dict[str, Any] = {
+        "resourceType": "RelatedPerson",
+        "patient": {"reference": f"Patient/{child}"},
+        "relationship": [{"coding": [{"system": ROLE_CODE, "code": "GUARD"}]}],
+        "identifier": [{"system": PNR_OID, "value": dashed(guardian_pnr)}],
+    }
+    region.post(guardian)
+    with store.engine.connect() as conn:
+        kept = conn.execute(select(pdl_rule.c.person).where(pdl_rule.c.patient_id == child)).scalars().all()
+    assert kept == [guardian_pnr]
+    for sub, patient in ((guardian_pnr, child_pnr), (dashed(guardian_pnr), dashed(child_pnr))):
+        with region.as_(token(sub, "proxy", patient=patient)) as c:
+            found = c.get(f"Observation?patient={child}")
+            assert found.status_code == 200 and ids(found.json()) == {child_obs}, found.text
+    stranger = luhn_pnr(date(1987, 5, 16), 506)
+    with region.as_(token(stranger, "proxy", patient=child_pnr)) as c:
+        assert c.get(f"Observation?patient={child}").status_code == 403

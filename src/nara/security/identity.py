@@ -2,8 +2,10 @@
 
 Staff: the token names the staff HSA-id (``sub``) and the chosen assignment (``assignment``); the
 assignment's PractitionerRole gives the unit, its care provider (by ``partOf``), the purpose and the
-rights. Citizens: the personnummer finds their Patient. Proxies: a guardian (RelatedPerson GUARD,
-child under 13) or a representative (Consent ``representative``) of the patient named in the token.
+rights. Citizens: the personnummer finds their Patient, however the register's feed wrote it (under the URI
+or the RIV OID). Proxies: a guardian (RelatedPerson GUARD, child under 13) or a representative (Consent
+``representative``) of the patient named in the token. The token's numbers are taken in their stored form
+(12 digits, R-ID-1) wherever they are compared or kept.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from nara.fhir.identifiers import (
     HSA_ID,
     HSA_ID_RIV,
     PERSONNUMMER,
-    SAMORDNINGSNUMMER,
+    InvalidIdentifier,
+    PersonalIdentity,
     age_on,
-    is_valid_personal_identity,
+    parse_personal_identity,
 )
 from nara.fhir.outcome import FhirError
 from nara.security.actors import Actor, Assignment
@@ -32,6 +35,7 @@ from nara.security.schema import pdl_rule
 from nara.security.scopes import Scopes
 from nara.security.tokens import unauthorized
 from nara.store.crud import Stored, Tx
+from nara.store.patients import patients_identified_by, personal_number
 from nara.store.search import search_ids
 from nara.store.store import Store
 
@@ -48,7 +52,10 @@ CACHE_SECONDS = 30.0
 def _one(tx: Tx, rtype: str, query: str) -> Stored | None:
     """The one ``rtype`` the query finds; an identity that two records carry identifies no one (403): a
     personnummer added to another patient's record must not open that record to its holder."""
-    found = search_ids(tx, rtype, query, limit=2)
+    return _only(rtype, search_ids(tx, rtype, query, limit=2))
+
+
+def _only(rtype: str, found: list[Stored]) -> Stored | None:
     if len(found) > 1:
         raise FhirError(
             403,
@@ -56,6 +63,24 @@ def _one(tx: Tx, rtype: str, query: str) -> Stored | None:
             f"More than one {rtype} carries this identity; the records must be corrected before it can be used",
         )
     return found[0] if found else None
+
+
+def patient_by_personal_identity(tx: Tx, person: PersonalIdentity) -> Stored | None:
+    """The one Patient carrying ``person``'s number, under the URI or the RIV OID (R-ID-2: a feed may store the
+    OID), from the search index (``patients_identified_by``). The index holds the rows of current versions only
+    (a delete removes its resource's rows), and a Patient that cannot be read as current is passed over all the
+    same, so a deleted record neither identifies her nor makes her number ambiguous. A number that two live
+    Patients carry identifies no one (403), as ``_one`` answers."""
+    ids = patients_identified_by(tx.conn, person.system, person.value, limit=3)
+    return _only("Patient", [st for pid in ids if (st := tx.read_optional("Patient", pid)) is not None])
+
+
+def _personal_identity(raw: str) -> PersonalIdentity:
+    """The token's personnummer or samordningsnummer, checked (R-ID-1); 401 when it is not one."""
+    try:
+        return parse_personal_identity(raw)
+    except InvalidIdentifier:
+        raise unauthorized("The token's personal identity number is not valid (R-ID-1)") from None
 
 
 def by_identifier(tx: Tx, rtype: str, systems: tuple[str, ...], value: str) -> Stored | None:
@@ -104,40 +129,42 @@ class ActorResolver:
             self._cache[key] = (now, actor)
         return actor
 
-    def _patient_by_pnr(self, tx: Tx, pnr: str) -> Stored | None:
-        return by_identifier(tx, "Patient", (PERSONNUMMER, SAMORDNINGSNUMMER), pnr)
-
-    def _citizen(self, tx: Tx, pnr: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
-        if not is_valid_personal_identity(pnr):
-            raise unauthorized("The token's personal identity number is not valid (R-ID-1)")
-        pat = self._patient_by_pnr(tx, pnr)
+    def _citizen(self, tx: Tx, sub: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
+        person = _personal_identity(sub)
+        pat = patient_by_personal_identity(tx, person)
         return Actor(
             kind="citizen",
-            subject=pnr,
+            subject=person.value,
             name=str(claims.get("name", "")),
             scopes=scopes,
             patient=pat.res_id if pat else None,
         )
 
-    def _proxy(self, tx: Tx, pnr: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
-        if not is_valid_personal_identity(pnr):
-            raise unauthorized("The token's personal identity number is not valid (R-ID-1)")
+    def _proxy(self, tx: Tx, sub: str, scopes: Scopes, claims: dict[str, Any]) -> Actor:
+        pnr = _personal_identity(sub).value
         target = claims.get("patient")
         if not isinstance(target, str):
             raise FhirError(403, "forbidden", "A proxy token must name the represented person (claim 'patient')")
-        pat = self._patient_by_pnr(tx, target)
+        try:
+            represented = parse_personal_identity(target)
+        except InvalidIdentifier:
+            raise FhirError(403, "forbidden", "The represented person is not known") from None
+        pat = patient_by_personal_identity(tx, represented)
         if pat is None:
             raise FhirError(403, "forbidden", "The represented person is not known")
         now = utcnow().replace(tzinfo=None)
+        # The person of a guardian or representative rule is kept in 12 digits (rules.derive); one derived before
+        # that, in the form its resource was written in, is compared in that form too.
         rows = tx.conn.execute(
-            select(pdl_rule.c.kind, pdl_rule.c.starts, pdl_rule.c.ends).where(
+            select(pdl_rule.c.kind, pdl_rule.c.person, pdl_rule.c.starts, pdl_rule.c.ends).where(
                 pdl_rule.c.patient_id == pat.res_id,
-                pdl_rule.c.person == pnr,
                 pdl_rule.c.kind.in_(["guardian", "representative"]),
             )
         ).all()
         basis = None
-        for kind, starts, ends in rows:
+        for kind, person, starts, ends in rows:
+            if person is None or (person != pnr and personal_number(PERSONNUMMER, person) != pnr):
+                continue
             if (starts is None or starts <= now) and (ends is None or ends >= now):
                 basis = kind
                 if kind == "representative":

@@ -16,10 +16,10 @@ from sqlalchemy import Connection, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
-from nara.fhir.identifiers import PERSONAL_SYSTEMS, normalize_system
+from nara.fhir.identifiers import PERSONAL_SYSTEMS, PERSONNUMMER, normalize_system
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
-from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by, personal_number
 from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook
 
@@ -360,10 +360,19 @@ def block_custodians(res: dict[str, Any]) -> list[str]:
 
 
 def identifier_value(res: dict[str, Any]) -> str | None:
+    """The first personal identity number of ``res`` (a RelatedPerson), in its stored form (``person_number``)."""
     for ident in res.get("identifier", []):
         if is_personal_identifier(ident) and isinstance(ident.get("value"), str):
-            return str(ident["value"])
+            return person_number(ident.get("system"), ident["value"])
     return None
+
+
+def person_number(system: Any, value: str) -> str:
+    """A guardian's or representative's number as kept in the access rules (``pdl_rule.person``): 12 digits
+    (R-ID-1) whatever form it was written in (under the URI or the RIV OID, or with no system), so that it
+    compares with the proxy token's number, which the resolver takes in that form too; any other value as
+    written."""
+    return personal_number(system if isinstance(system, str) else PERSONNUMMER, value) or value
 
 
 def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> list[dict[str, Any]]:
@@ -460,8 +469,8 @@ def derive(tx: Tx | None, res: dict[str, Any], patient: str, now: datetime) -> l
                     rp = tx.read_optional("RelatedPerson", rp_id)
                     person = identifier_value(rp.resource()) if rp else None
                 ident = r.get("identifier") if isinstance(r, dict) else None
-                if person is None and isinstance(ident, dict):
-                    person = ident.get("value")
+                if person is None and isinstance(ident, dict) and isinstance(ident.get("value"), str):
+                    person = person_number(ident.get("system"), ident["value"])
                 if person:
                     rows.append(row("representative", person=person, starts=starts, ends=ends))
     elif rtype == "RelatedPerson" and res.get("active", True) is not False:
