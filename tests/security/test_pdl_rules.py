@@ -18,8 +18,9 @@ from sqlalchemy import select, text
 
 from nara.security.schema import audit_access, audit_event, care_relation
 from nara.store.bulk import BulkLoader
+from nara.store.patients import UNRESOLVED_PATIENT
 from nara.store.reindex import reindex
-from nara.store.schema import sp_string
+from nara.store.schema import INDEX_TABLES, resource, sp_string
 from nara.store.store import Store
 from tests.conftest import token
 from tests.security.region import (
@@ -283,6 +284,176 @@ def test_r_acc_1_data_naming_its_patient_by_personnummer_is_in_her_record(region
     reindex(store, ["Observation"])
     with client(region, region.staff["vc"].token()) as c:
         assert c.get(f"Observation/{early}").status_code == 200
+
+
+def lab_result(subject: dict[str, Any], value: float) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": subject,
+        "valueQuantity": {"value": value, "unit": "mmol/L"},
+    }
+
+
+def by_number(number: str, system: str = PNR) -> dict[str, Any]:
+    return {"identifier": {"system": system, "value": number}}
+
+
+def unresolved_rows(store: Store) -> list[tuple[str, str]]:
+    """What is stored, or indexed, in the compartment ?unresolved (type, table)."""
+    with store.engine.connect() as conn:
+        found = [
+            (r.res_type, "resource")
+            for r in conn.execute(select(resource.c.res_type).where(resource.c.patient_id == UNRESOLVED_PATIENT))
+        ]
+        for table in INDEX_TABLES.values():
+            found += [
+                (r.res_type, table.name)
+                for r in conn.execute(
+                    select(table.c.res_type).where(table.c.patient_id == UNRESOLVED_PATIENT).distinct()
+                )
+            ]
+    return found
+
+
+def test_r_acc_1_a_transaction_that_registers_the_patient_after_naming_her_puts_her_data_in_her_record(
+    region: Region, store: Store
+) -> None:
+    """A feed's transaction may carry a patient's data (naming her by personnummer) before the entry that registers
+    her, by POST or by PUT. Before it commits, that data goes to her record: her units read it by their care
+    relationship (one the same transaction gives by naming her by personnummer too), she reads it, a search later
+    in the transaction finds it, the log names her, and nothing stays in ?unresolved."""
+    first, second = luhn_pnr(date(1944, 4, 4), 159), luhn_pnr(date(1945, 5, 5), 260)
+    posted = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": lab_result(by_number(first), 5.5), "request": {"method": "POST", "url": "Observation"}},
+            {
+                "fullUrl": "urn:uuid:7d0a3f4e-1111-4c4c-9a9a-000000000001",
+                "resource": {"resourceType": "Patient", "identifier": [{"system": PNR, "value": first}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "EpisodeOfCare",
+                    "status": "active",
+                    "patient": {"reference": "urn:uuid:7d0a3f4e-1111-4c4c-9a9a-000000000001"},
+                    "managingOrganization": {"reference": f"Organization/{VC}"},
+                },
+                "request": {"method": "POST", "url": "EpisodeOfCare"},
+            },
+            {
+                "request": {
+                    "method": "GET",
+                    "url": "Observation?patient=urn:uuid:7d0a3f4e-1111-4c4c-9a9a-000000000001&_total=accurate",
+                }
+            },
+        ],
+    }
+    answer = region.fhir.post("", content=orjson.dumps(posted), headers=JSON)
+    assert answer.status_code == 200, answer.text
+    entries = answer.json()["entry"]
+    obs, patient = (entries[i]["response"]["location"].split("/")[1] for i in (0, 1))
+    assert entries[3]["resource"]["total"] == 1
+    put = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "id": "pat-second",
+                    "identifier": [{"system": PNR, "value": second}],
+                },
+                "request": {"method": "PUT", "url": "Patient/pat-second"},
+            },
+            {
+                "resource": lab_result(by_number(second[:8] + "-" + second[8:], "urn:oid:1.2.752.129.2.1.3.1"), 7.5),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Encounter",
+                    "status": "in-progress",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                    "subject": by_number(second),
+                    "serviceProvider": {"reference": f"Organization/{AVD}"},
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+        ],
+    }
+    answer = region.fhir.post("", content=orjson.dumps(put), headers=JSON)
+    assert answer.status_code == 200, answer.text
+    obs2 = answer.json()["entry"][1]["response"]["location"].split("/")[1]
+    assert unresolved_rows(store) == []
+    with client(region, region.staff["vc"].token()) as c:  # her health centre (the EpisodeOfCare)
+        assert [c.get(f"Observation/{o}").status_code for o in (obs, obs2)] == [200, 403]
+    with client(region, region.staff["avd"].token()) as c:  # the ward, by the Encounter that names her by number
+        assert [c.get(f"Observation/{o}").status_code for o in (obs, obs2)] == [403, 200]
+    with client(region, region.staff["tom"].token()) as c:
+        assert [c.get(f"Observation/{o}").status_code for o in (obs, obs2)] == [403, 403]
+    with client(region, token(first, "citizen")) as c:
+        assert ids(c.get("Observation").json()) == {obs}
+    with client(region, token(second, "citizen")) as c:
+        assert ids(c.get("Observation").json()) == {obs2}
+    with store.engine.connect() as conn:
+        logged = set(conn.execute(select(audit_access.c.patient_id).distinct()).scalars())
+    assert {patient, "pat-second"} <= logged and UNRESOLVED_PATIENT not in logged
+
+
+def test_r_acc_1_a_bulk_load_gives_data_naming_a_later_patient_to_her(store: Store) -> None:
+    """The bulk loader finds a patient named by personnummer among the Patients of earlier batches only: what names
+    one loaded in the same batch or a later one is hers when the load finishes, with the care relationship it
+    gives; data about a number no Patient carries stays in ?unresolved."""
+    numbers = [luhn_pnr(date(1946, 6, 6), 371), luhn_pnr(date(1947, 7, 7), 482)]
+    nobody = luhn_pnr(date(1948, 8, 8), 593)
+    with BulkLoader(store, batch_size=3) as loader:
+        loader.add({"id": "bulk-obs-0", **lab_result(by_number(numbers[0]), 4.0)})
+        loader.add({"id": "bulk-obs-1", **lab_result(by_number(numbers[1], "1.2.752.129.2.1.3.1"), 4.1)})
+        loader.add({"id": "bulk-obs-x", **lab_result(by_number(nobody), 4.2)})
+        loader.add(
+            {"resourceType": "Patient", "id": "bulk-pat-0", "identifier": [{"system": PNR, "value": numbers[0]}]}
+        )
+        loader.add(
+            {
+                "resourceType": "Encounter",
+                "id": "bulk-enc-1",
+                "status": "in-progress",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": by_number(numbers[1]),
+                "serviceProvider": {"reference": f"Organization/{AVD}"},
+            }
+        )
+        loader.add(
+            {"resourceType": "Patient", "id": "bulk-pat-1", "identifier": [{"system": PNR, "value": numbers[1]}]}
+        )
+    with store.engine.connect() as conn:
+        stored = {r.res_id: r.patient_id for r in conn.execute(select(resource.c.res_id, resource.c.patient_id))}
+        relations = [
+            (r.patient_id, r.unit) for r in conn.execute(select(care_relation.c.patient_id, care_relation.c.unit))
+        ]
+    assert stored == {
+        "bulk-obs-0": "bulk-pat-0",
+        "bulk-obs-1": "bulk-pat-1",
+        "bulk-obs-x": UNRESOLVED_PATIENT,
+        "bulk-pat-0": "bulk-pat-0",
+        "bulk-enc-1": "bulk-pat-1",
+        "bulk-pat-1": "bulk-pat-1",
+    }
+    assert relations == [("bulk-pat-1", AVD)]
+    assert loader.stats.resolved == 3
+    assert sorted(unresolved_rows(store)) == sorted(
+        [("Observation", "resource")] + [("Observation", t) for t in indexed_tables(store, "bulk-obs-x")]
+    )
+
+
+def indexed_tables(store: Store, res_id: str) -> list[str]:
+    with store.engine.connect() as conn:
+        rid = conn.execute(select(resource.c.rid).where(resource.c.res_id == res_id)).scalar_one()
+        return [t.name for t in INDEX_TABLES.values() if conn.execute(select(t.c.rid).where(t.c.rid == rid)).first()]
 
 
 def test_r_acc_3_without_care_relationship_consent_is_not_enough(region: Region) -> None:

@@ -205,7 +205,7 @@ def _load_chunk(people: list[Person]) -> tuple[int, int]:
     for person in people:
         for res, owner in person_record(person, ctx):
             loader.add(res, owner)
-    loader.flush()
+    loader.finish()
     return len(people), loader.stats.resources
 
 

@@ -10,6 +10,11 @@ index parameters (:func:`nara.store.indexing.index_params` / ``mask_of``).
 On PostgreSQL the rows go in with ``COPY`` (rids reserved from the ``resource`` sequence); on SQLite with
 batched ``INSERT`` statements (rids allocated under the write lock). Only new resources can be bulk loaded:
 an id that already exists makes the batch fail with a conflict and nothing of that batch is written.
+
+A resource that names its patient by personnummer finds her only among the Patients of earlier batches (a
+batch's index rows are written after its resources are extracted): one whose Patient comes in the same batch or
+a later one is stored in the compartment ``?unresolved`` and given to her when the load finishes (``finish``,
+which the context manager calls), as ``nara reindex`` would.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from sqlalchemy.sql.dml import Delete, Insert
 from nara.fhir.outcome import FhirError
 from nara.store.crud import Stored, Tx
 from nara.store.indexing import INDEX_TABLES, index_params, insert_index
+from nara.store.patients import UNRESOLVED_PATIENT
+from nara.store.reindex import resolve_unresolved
 from nara.store.schema import resource
 from nara.store.store import Store, translate_db_error
 
@@ -52,6 +59,7 @@ class BulkStats:
     index_rows: int = 0
     hook_rows: int = 0
     batches: int = 0
+    resolved: int = 0  # resources given to a Patient loaded after them (out of ?unresolved) when the load finished
 
 
 _INDEX_TABLES = frozenset(INDEX_TABLES.values())
@@ -90,7 +98,9 @@ class BulkLoader:
     """Buffer new resources and write them ``batch_size`` at a time; use as a context manager.
 
     ``add(res, owner=(provider, unit))`` stamps the owner columns that the normal path takes from the writing
-    actor's assignment. ``on_batch`` is called with the number of resources after each committed batch.
+    actor's assignment. ``on_batch`` is called with the number of resources after each committed batch. A load
+    ends with ``finish`` (the context manager's exit): the last batch, then the resources that named a Patient
+    loaded after them.
     """
 
     def __init__(
@@ -110,13 +120,28 @@ class BulkLoader:
         self.on_batch = on_batch
         self.stats = BulkStats()
         self._pending: list[tuple[dict[str, Any], Owner]] = []
+        # The resources this load stored in ?unresolved (rids), and whether it has loaded a Patient who may be theirs.
+        self._unresolved: list[int] = []
+        self._loaded_patient = False
 
     def __enter__(self) -> BulkLoader:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.flush()
+            self.finish()
+
+    def finish(self) -> None:
+        """End the load: write the buffered resources, then give those this load stored in ``?unresolved`` to the
+        Patient carrying the number they name where the load registered her after them (R-ACC-1), in
+        transactions of ``batch_size`` resources, as ``nara reindex`` does for a resource."""
+        self.flush()
+        waiting, self._unresolved = self._unresolved, []
+        if not self._loaded_patient:
+            return
+        for start in range(0, len(waiting), self.batch_size):
+            with self.store.transaction() as tx:
+                self.stats.resolved += len(resolve_unresolved(tx, waiting[start : start + self.batch_size]))
 
     def add(self, res: dict[str, Any], owner: Owner = (None, None)) -> None:
         self._pending.append((res, owner))
@@ -134,9 +159,11 @@ class BulkLoader:
         batch, self._pending = self._pending, []
         try:
             with self.store.engine.connect() as conn, conn.execution_options(nara_write=True).begin():
-                self._write(conn, batch)
+                stored = self._write(conn, batch)
         except DBAPIError as exc:
             raise translate_db_error(exc) from exc
+        self._unresolved.extend(st.rid for st in stored if st.patient_id == UNRESOLVED_PATIENT)
+        self._loaded_patient = self._loaded_patient or any(st.res_type == "Patient" for st in stored)
         self.stats.batches += 1
         self.stats.resources += len(batch)
         if self.on_batch is not None:
@@ -151,7 +178,7 @@ class BulkLoader:
             conn.commit()
 
     # ---- one batch --------------------------------------------------------------------------------
-    def _write(self, conn: Connection, batch: Sequence[tuple[dict[str, Any], Owner]]) -> None:
+    def _write(self, conn: Connection, batch: Sequence[tuple[dict[str, Any], Owner]]) -> list[Stored]:
         pg = self.store.postgres
         if pg:
             conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -206,6 +233,7 @@ class BulkLoader:
             insert_index(conn, index)
         self.stats.index_rows += sum(len(v) for v in index.values())
         self._run_hooks(conn, stored)
+        return stored
 
     def _reserve_rids(self, conn: Connection, n: int) -> list[int]:
         if self.store.postgres:

@@ -204,6 +204,11 @@ class Tx:
         self.flush_hooks: list[Callable[[], None]] = []
         # The audit layer's recorder for this request's read by id, if its record is written by the read itself.
         self.read_recorder: ReadRecorder | None = None
+        # The versions written here into the compartment ?unresolved (naming a personal identity number no Patient
+        # carried when they were written), and whether a Patient has been written since they were last resolved:
+        # she may be registered by a later entry of the same transaction (see settle_unresolved).
+        self._unresolved: list[Stored] = []
+        self._patient_written = False
 
     def _queue_index(self, batches: dict[str, list[dict[str, Any]]]) -> None:
         for kind, rows in batches.items():
@@ -220,10 +225,31 @@ class Tx:
             self._pending_index[kind] = [r for r in rows if r["rid"] != rid]
 
     def flush(self) -> None:
-        """Write queued index rows (called before searches and at commit)."""
+        """Write queued index rows (called before searches and at commit), after giving what this transaction
+        wrote into ``?unresolved`` to a Patient it has registered since (``settle_unresolved``)."""
+        if self._unresolved and self._patient_written:
+            self.settle_unresolved()
         self._flush_index()
         for hook in self.flush_hooks:
             hook()
+
+    def settle_unresolved(self) -> None:
+        """Give the resources this transaction wrote into ``?unresolved`` to their patient when a Patient written in
+        it carries the number they name (R-ACC-1): a transaction that names the patient in an entry before the one
+        that registers her, or in plain POSTs created together (``create_many`` extracts every entry before it
+        writes one). Their rows and index rows get her compartment and their access rules are derived, as
+        ``nara reindex`` does for a resource (no new version); the versions this transaction reported (to the
+        audit trail) name her too. Run by ``flush``, so before the commit and before any search after the write."""
+        from nara.store.reindex import resolve_unresolved  # reindex builds on Tx
+
+        waiting, self._unresolved, self._patient_written = self._unresolved, [], False
+        self._flush_index()  # her Patient's rows are found, and no queued row of theirs outlives their rewrite
+        moved = resolve_unresolved(self, [st.rid for st in waiting])
+        for st in waiting:
+            if st.rid in moved:
+                st.patient_id = moved[st.rid]
+            else:
+                self._unresolved.append(st)  # still no one's (or changed since): a later Patient may be hers
 
     def _flush_index(self) -> None:
         if self._pending_index:
@@ -534,6 +560,10 @@ class Tx:
         return results
 
     def _after(self, method: str, st: Stored) -> None:
+        if st.patient_id == UNRESOLVED_PATIENT and not st.deleted:
+            self._unresolved.append(st)
+        elif st.res_type == "Patient" and not st.deleted:
+            self._patient_written = True
         for hook in self.after_write:
             hook(method, st)
 
