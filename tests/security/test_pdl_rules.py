@@ -1795,6 +1795,67 @@ def test_r_id_3_a_protected_patients_household_shows_no_address_either(region: R
         assert total(c, f"patient={anna}&address=Storgatan") == 0
 
 
+def test_r_id_3_lifting_protected_identity_brings_the_households_address_back_into_the_search_index(
+    region: Region, store: Store
+) -> None:
+    """The address of a protected patient's household is out of the search index while she is protected, and back
+    in it in the very write that lifts her protection (not only at the relative's next write or a reindex), also
+    when the same transaction writes a relative before lifting it; the index is then what a reindex makes."""
+    hidden = region.patients["hidden"]
+
+    def relative(line: str, rid: str | None = None) -> dict[str, Any]:
+        res = {
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": f"Patient/{hidden}"},
+            "name": [{"family": "Dold"}],
+            "address": [{"line": [line], "city": "Lindesberg"}],
+        }
+        return {**res, "id": rid} if rid else res
+
+    def found(query: str) -> int:
+        with client(region, region.staff["vc"].token()) as c:
+            r = c.get(f"RelatedPerson?{query}&_total=accurate")
+            assert r.status_code == 200, r.text
+            return int(r.json()["total"])
+
+    def patient(protected: bool) -> dict[str, Any]:
+        current = {k: v for k, v in region.fhir.get(f"Patient/{hidden}").json().items() if k != "meta"}
+        label = [{"system": PROTECTED_SYSTEM, "code": "sekretessmarkering"}]
+        return {**current, "meta": {"security": label}} if protected else current
+
+    def household_index() -> list[tuple[Any, ...]]:
+        with store.engine.connect() as conn:
+            return sorted(
+                tuple(r)
+                for table in INDEX_TABLES.values()
+                for r in conn.execute(select(*table.c).where(table.c.res_type == "RelatedPerson"))
+            )
+
+    region.post(relative("Skogsstigen 4"))  # the population register's feed
+    assert (found("address=Skogsstigen"), found("address-city=Lindesberg")) == (0, 0)
+    region.put(patient(protected=False))  # the register lifts her protection
+    assert (found("address=Skogsstigen"), found("address-city=Lindesberg")) == (1, 1)
+    region.put(patient(protected=True))
+    assert (found("address=Skogsstigen"), found("address-city=Lindesberg")) == (0, 0)
+    both = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": relative("Ängsvägen 8", "rel-lifted"),
+                "request": {"method": "PUT", "url": "RelatedPerson/rel-lifted"},
+            },
+            {"resource": patient(protected=False), "request": {"method": "PUT", "url": f"Patient/{hidden}"}},
+        ],
+    }
+    answer = region.fhir.post("", content=orjson.dumps(both), headers=JSON)
+    assert answer.status_code == 200, answer.text
+    assert (found("address=Skogsstigen"), found("address=Ängsvägen"), found("address-city=Lindesberg")) == (1, 1, 2)
+    lifted = household_index()
+    reindex(store, ["RelatedPerson"])
+    assert household_index() == lifted
+
+
 def test_r_id_3_a_protected_household_cannot_be_moved_versioned_or_identified_into_sight(region: Region) -> None:
     """The household's address stays out of sight when a staff member points the relative at another patient
     (refused: the address would go with it), in a version from before the relative was moved into the household,

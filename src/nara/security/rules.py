@@ -20,6 +20,7 @@ from nara.fhir.identifiers import PERSONAL_SYSTEMS, PERSONNUMMER, normalize_syst
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
 from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by, personal_number
+from nara.store.reindex import current_rows, reindex_resources
 from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook
 
@@ -245,7 +246,7 @@ def indexed_view(conn: Connection, res: dict[str, Any]) -> dict[str, Any]:
 def forget_household_address(tx: Tx, patient: str) -> None:
     """Remove from the search index the address of the RelatedPersons of ``patient``, who has protected identity
     now (indexed while she had not): the rows written, and those this transaction has yet to write. Lifting the
-    protection does not bring them back: a reindex or a write does."""
+    protection brings them back (``remember_household_address``)."""
 
     def address_row(row: dict[str, Any]) -> bool:
         return row["res_type"] in HOUSEHOLD_TYPES and row["patient_id"] == patient and _is_address(row["param"])
@@ -259,6 +260,25 @@ def forget_household_address(tx: Tx, patient: str) -> None:
                 or_(table.c.param == "address", table.c.param.like("address-%")),
             )
         )
+
+
+def remember_household_address(tx: Tx, patient: str) -> None:
+    """Put the address of the RelatedPersons of ``patient``, whose protected identity is lifted now, back into the
+    search index (``forget_household_address`` took it out): their index rows are extracted again in this
+    transaction, as ``nara reindex`` does, after her protection has left the access-rule store, so that the index
+    view shows what it hid (and still hides the address of one in another protected patient's household)."""
+    household = current_rows(tx).where(
+        resource.c.patient_id == patient, resource.c.res_type.in_(sorted(HOUSEHOLD_TYPES))
+    )
+    if tx.pg:
+        household = household.with_for_update()  # as a reindex batch: a concurrent write lands before or after
+    reindex_resources(tx, list(tx.conn.execute(household)))
+
+
+def _was_protected(tx: Tx, st: Stored) -> bool:
+    """Whether the access-rule store has ``st``'s Patient as protected (from the version before this write)."""
+    found = select(pdl_rule.c.id).where(pdl_rule.c.source_rid == st.rid, pdl_rule.c.kind == "protected")
+    return tx.conn.execute(found.limit(1)).first() is not None
 
 
 def _is_address(param: str) -> bool:
@@ -500,10 +520,13 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
     if st.res_type not in RULE_TYPES:
         return
     table = care_relation if st.res_type in CARE_TYPES else pdl_rule
+    was_protected = st.res_type == "Patient" and not st.deleted and _was_protected(tx, st)
     tx.conn.execute(delete(table).where(table.c.source_rid == st.rid))
     if st.deleted or st.content is None or not st.patient_id or st.patient_id == UNRESOLVED_PATIENT:
         return  # no rule may name the compartment of a person no Patient is known for
     rows = derive(tx, st.resource(), st.patient_id, st.last_updated)
+    if was_protected and not any(r["kind"] == "protected" for r in rows):
+        remember_household_address(tx, st.patient_id)  # her protection is lifted: her household's address too
     if not rows:
         return
     if table is care_relation:

@@ -243,7 +243,6 @@ class Tx:
         from nara.store.reindex import resolve_unresolved  # reindex builds on Tx
 
         waiting, self._unresolved, self._patient_written = self._unresolved, [], False
-        self._flush_index()  # her Patient's rows are found, and no queued row of theirs outlives their rewrite
         moved = resolve_unresolved(self, [st.rid for st in waiting])
         for st in waiting:
             if st.rid in moved:

@@ -61,6 +61,7 @@ def reindex_resources(
     write hooks, ``DEFAULT_WRITE_HOOKS``), as a write of this version would. No new version is written. With
     ``moved_only`` only the resources whose compartment changes are rewritten (resolving ``?unresolved``).
     Returns the (rid, patient) of each resource rewritten, and counts them in ``summary``."""
+    tx._flush_index()  # no row this transaction has yet to write for them outlives their rewrite
     rows: dict[str, list[dict[str, object]]] = {}
     changes = []
     picked = []
