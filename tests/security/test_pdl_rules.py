@@ -1189,6 +1189,18 @@ def test_guardian_sees_child_until_thirteen(region: Region, store: Store) -> Non
     assert whose == [(region.patients["teen"],)]
 
 
+def test_r_log_1_a_refused_login_is_logged_under_the_12_digit_number_the_token_wrote_otherwise(
+    region: Region, store: Store
+) -> None:
+    guardian = region.pnr["guardian"]
+    written = f"{guardian[:8]}-{guardian[8:]}"  # the token's identity provider wrote it with a hyphen
+    with client(region, token(written, "proxy", patient=region.pnr["teen"])) as c:
+        assert c.get(f"Observation?patient={region.patients['teen']}").status_code == 403
+    # The log names the person as every other record does (R-ID-1: 12 digits), so her log and a review find it.
+    denied = audit_rows(store, outcome="deny", actor_kind="proxy")
+    assert [d.user_id for d in denied] == [guardian]
+
+
 def test_representative_authorised_by_adult_acts_for_them(region: Region) -> None:
     rep_pnr = region.pnr["guardian"]
     region.put(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Alias, false, not_, select
 
-from nara.fhir.identifiers import normalize_system
+from nara.fhir.identifiers import InvalidIdentifier, normalize_system, parse_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
@@ -540,9 +541,15 @@ def _claimed_actor(claims: dict[str, Any]) -> Actor:
     """Who a verified token says the user is, for the log of a refusal before the actor could be resolved."""
     kind = str(claims.get("nara_kind") or claims.get("actor_kind") or "staff")[:12]
     client = claims.get("client_id") or claims.get("azp")
+    subject = str(claims.get("sub", ""))[:64]
+    if kind in ("citizen", "proxy"):
+        # A person is logged by the 12 digits of her number, as the resolver names her (R-ID-1); an invalid
+        # number as the token wrote it.
+        with suppress(InvalidIdentifier):
+            subject = parse_personal_identity(subject).value
     return Actor(
         kind=kind,
-        subject=str(claims.get("sub", ""))[:64],
+        subject=subject,
         client_id=str(client)[:64] if client else None,
         assignment=None,
     )
