@@ -103,7 +103,19 @@ def serve(
         signing_key()  # create the development key once, before the workers start
     os.environ["NARA_DATABASE_URL"] = settings.database_url
     outbox = settings.security.audit_outbox
-    if outbox is None and not os.environ.get("NARA_AUDIT_OUTBOX") and not settings.database_url.startswith("sqlite"):
+    external = settings.security.sealer == "external"
+    if outbox is not None and external:
+        err.print(
+            "[yellow]NARA_AUDIT_OUTBOX is set and NARA_AUDIT_SEALER=external: this host's outbox is drained only by "
+            f"a sealer that reads {outbox} (run `nara audit drain` or `nara audit seal` with --outbox on this host)[/]",
+            soft_wrap=True,
+        )
+    if (
+        outbox is None
+        and not external  # nothing of this server would drain it: the reads' records go to the database
+        and not os.environ.get("NARA_AUDIT_OUTBOX")
+        and not settings.database_url.startswith("sqlite")
+    ):
         # On PostgreSQL reads append their audit record to a local outbox that the sealer drains (ADR 0004).
         from nara.config import OUTBOX_DEFAULT
 
@@ -530,6 +542,7 @@ def audit_review(
     reviewer: str | None = typer.Option(None, help="Record a completed review by this reviewer (HSA-id)"),
     finding: str | None = typer.Option(None, help="The review's finding (with --reviewer)"),
     action: str | None = typer.Option(None, help="The action taken (with --reviewer)"),
+    outbox: Path | None = OUTBOX_OPTION,
     database_url: str | None = DB_OPTION,
 ) -> None:
     """List flagged accesses (R-LOG-4 criteria plus a random sample); optionally record the completed review."""
@@ -542,6 +555,7 @@ def audit_review(
     assert isinstance(settings, Settings)
     store = Store.from_url(settings.database_url, settings.store)
     start, end = audit.default_period(days)
+    _drain(store.engine, outbox)  # reads of a moment ago on this host are reviewed too
     try:
         with store.transaction() as tx:
             items = run_review(tx, start, end, vip=[v for v in vip.split(",") if v], sample_rate=sample)

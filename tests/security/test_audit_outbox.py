@@ -4,7 +4,13 @@ before the read answers, and in the log once drained; each record is inserted on
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +24,10 @@ from sqlalchemy import func, select
 from nara.config import Settings
 from nara.security import audit
 from nara.security.actors import Actor
-from nara.security.audit_outbox import Outbox, drain, pending_files
+from nara.security.audit_outbox import Outbox, OutboxError, drain, pending_files
 from nara.security.schema import audit_access, audit_event, audit_outbox
 from nara.server.app import create_app
+from nara.store.database import create_engine, drop_database
 from nara.store.store import Store
 from tests.conftest import Backend, ServerThread, _free_port, system_token, token, wait_healthy
 from tests.security.region import Region, build_region, observation
@@ -256,3 +263,125 @@ def test_a_changed_line_is_kept_for_the_operator_and_not_inserted(pg: Backend, s
     assert drain(store.engine, spool) == 2
     assert _count(store) == 2
     assert (spool / "rejected.lines").read_bytes() == b"not a record\n"
+    assert stat.S_IMODE((spool / "rejected.lines").stat().st_mode) == 0o600  # log data: the service's only
+
+
+def test_r_log_1_a_nul_in_a_query_is_logged_and_stops_no_later_record(
+    region: Region, outbox_server: OutboxServer, store: Store
+) -> None:
+    anna = region.patients["anna"]
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Patient/{anna}", params={"_elements": "id\x00"}).status_code == 200
+        assert c.get("Observation", params={"patient": anna, "_sort": "\x00"}).status_code in (200, 400)
+        assert c.get(f"Patient/{anna}").status_code == 200
+    drain(store.engine, outbox_server.spool)
+    requests = [e.request for e in logged_reads(store, anna)]
+    # PostgreSQL text cannot hold a NUL: the request is logged with U+FFFD in its place, and the read after it too.
+    assert f"GET Patient/{anna}?_elements=id\ufffd" in requests and f"GET Patient/{anna}" in requests
+    assert not (outbox_server.spool / "rejected.lines").exists()
+
+
+def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drains(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    first = Outbox(spool)
+    first.append(_record(1), audit.now_utc())
+    refused = orjson.dumps({"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "action": None}, "a": []})
+    assert first._fd is not None
+    os.write(first._fd, refused + b"\n")  # valid JSON the database refuses (no action): not a line we write
+    first.append(_record(3), audit.now_utc())
+    first.close()
+    second = Outbox(spool)  # another worker's, later file
+    second.append(_record(4), audit.now_utc())
+    second.close()
+    assert drain(store.engine, spool) == 3
+    with store.engine.connect() as conn:
+        ids = sorted(r[0] for r in conn.execute(select(audit_event.c.resource_id)))
+    assert ids == ["obs-1", "obs-3", "obs-4"]
+    assert (spool / "rejected.lines").read_bytes() == refused + b"\n"
+    assert stat.S_IMODE((spool / "rejected.lines").stat().st_mode) == 0o600
+    assert pending_files(spool) == []
+
+
+def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool)
+    writer.append(_record(1), audit.now_utc())
+    (path,) = pending_files(spool)
+    size = path.stat().st_size
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 30, hard))  # the disk fills up inside the next write
+    try:
+        with pytest.raises(OutboxError):
+            writer.append(_record(2), audit.now_utc())  # the read answers 500 and shows nothing
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert path.stat().st_size == size  # cut back to the last whole record
+    writer.append(_record(3), audit.now_utc())  # space again: acknowledged
+    writer.close()
+    drain(store.engine, spool)
+    with store.engine.connect() as conn:
+        assert sorted(r[0] for r in conn.execute(select(audit_event.c.resource_id))) == ["obs-1", "obs-3"]
+    assert not (spool / "rejected.lines").exists()
+
+
+def test_a_forked_child_neither_appends_to_nor_holds_its_parents_file(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = Outbox(spool)
+    writer.append(_record(1), audit.now_utc())
+    (parent_file,) = pending_files(spool)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child appends to a file of its own and lives on
+        try:
+            writer.append(_record(2), audit.now_utc())
+            os.write(ready_w, b"x")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    try:
+        os.read(ready_r, 1)
+        writer.close()  # the parent is done with its file: it is finished although the child lives
+        drain(store.engine, spool)
+        assert not parent_file.exists()
+        assert len(pending_files(spool)) == 1  # the child's, still held by the child
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert _count(store) == 2
+
+
+def test_nara_serve_with_an_external_sealer_writes_reads_to_the_database(pg: Backend, tmp_path: Path) -> None:
+    """Nothing of such a server drains an outbox, so it keeps none unless told to (and then warns)."""
+    url = pg.url.rsplit("/", 1)[0] + f"/nara_external_{os.getpid()}"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "NARA_AUDIT_OUTBOX"}
+    env.update({"NARA_DEV_IDP": "true", "NARA_DATABASE_URL": url, "NARA_AUDIT_SEALER": "external"})
+    cmd = [sys.executable, "-m", "nara.cli", "serve", "--port", str(port), "--database-url", url]
+    proc = subprocess.Popen([*cmd, "--log-level", "warning"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 60)
+        auth = {"Authorization": f"Bearer {system_token()}", "Accept": "application/fhir+json"}
+        r = httpx.get(f"http://127.0.0.1:{port}/fhir/Patient", params={"name": "marker-external"}, headers=auth)
+        assert r.status_code == 200
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                logged = conn.execute(
+                    select(func.count()).select_from(audit_event).where(audit_event.c.request.like("%marker-external%"))
+                ).scalar_one()
+        finally:
+            engine.dispose()
+        assert logged == 1  # in the log when the search answered
+        assert not (tmp_path / "var" / "audit-outbox").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        drop_database(url)

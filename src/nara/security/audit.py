@@ -182,6 +182,11 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
         "flags": ",".join(sorted(flags)) or None,
         "patient_count": len({x.patient_id for x in accesses}),
     }
+    for key, value in params.items():
+        if isinstance(value, str) and "\x00" in value:
+            # A NUL (sent as %00 in a query) cannot be stored in a PostgreSQL text column: the record would
+            # fail, and with it the read. Logged as U+FFFD instead, so that the request is still on record.
+            params[key] = value.replace("\x00", "\ufffd")
     return params, accesses
 
 

@@ -40,6 +40,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,6 +49,7 @@ import orjson
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from nara.security.audit import AuditRecord, insert_rows, record_row
 from nara.security.schema import audit_outbox
@@ -72,34 +74,56 @@ class Outbox:
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self._pid: int | None = None
         self._size = 0
+        # A forked child must neither append to its parent's file nor keep it locked (then never finished).
+        os.register_at_fork(after_in_child=self._forget_after_fork)
 
     def append(self, rec: AuditRecord, at: datetime) -> None:
         line = orjson.dumps(record_row(rec, at)) + b"\n"
         with self._lock:
             try:
-                if self._fd is None or self._pid != os.getpid() or self._size >= self.max_file_bytes:
+                if self._fd is None or self._size >= self.max_file_bytes:
                     self._open()
                 assert self._fd is not None
                 written = os.write(self._fd, line)
             except OSError as exc:
+                self._cut_back()
                 raise OutboxError(f"the audit outbox {self.directory} cannot be written: {exc.strerror}") from exc
-            if written != len(line):  # a regular file writes all or fails; never answer on a part
+            if written != len(line):  # the disk filled up inside the write: never answer on a part
+                self._cut_back()
                 raise OutboxError(f"the audit outbox {self.directory} took {written} of {len(line)} bytes")
             self._size += written
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
+            if self._fd is not None:
                 os.close(self._fd)  # releases the lock: the file is finished
             self._fd = None
 
+    def _cut_back(self) -> None:
+        """After a failed or partial write: the file ends where the last whole record ends, so that the next
+        record does not follow a part of one; when it cannot be cut back, the next record goes to a new file."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            os.close(self._fd)  # what is there stays; its partial last line is dropped when drained
+            self._fd = None
+
+    def _forget_after_fork(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the child's copy only: the parent keeps its file and its lock
+        self._fd = None
+        self._lock = threading.Lock()
+
     def _open(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None:
             os.close(self._fd)
-        self._fd = None  # a forked child never appends to its parent's file
+            self._fd = None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with suppress(PermissionError):
+            os.chmod(self.directory, 0o700)  # log data: the service's user only, also when made by someone else
         name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
@@ -109,7 +133,7 @@ class Outbox:
         except OSError:
             os.close(fd)
             raise
-        self._fd, self._pid, self._size = fd, os.getpid(), 0
+        self._fd, self._size = fd, 0
 
 
 def pending_files(directory: Path) -> list[Path]:
@@ -138,6 +162,9 @@ def drain(engine: Engine, directory: Path) -> int:
             total += _drain_file(engine, path)
         except FileNotFoundError:
             continue  # drained and deleted by another drainer meanwhile
+        except Exception:
+            # One file's trouble (its database write failed) must not keep the other files out of the log.
+            log.exception("draining %s failed; the other files are drained, it is tried again next time", path)
     return total
 
 
@@ -155,9 +182,8 @@ def _drain_file(engine: Engine, path: Path) -> int:
                     return total
                 f.seek(offset)
                 lines = _complete_lines(f, DRAIN_BATCH)
-                rows = [row for row in (_parse(line, path) for line in lines) if row is not None]
-                if rows:
-                    insert_rows(conn, rows)
+                parsed = [(line, _parse(line, path)) for line in lines]
+                rows = _insert(conn, path, [(line, row) for line, row in parsed if row is not None])
                 if lines:
                     conn.execute(
                         update(audit_outbox)
@@ -176,6 +202,40 @@ def _drain_file(engine: Engine, path: Path) -> int:
             with engine.begin() as conn:
                 conn.execute(delete(audit_outbox).where(audit_outbox.c.file == path.name))
     return total
+
+
+def _insert(conn: Connection, path: Path, records: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Insert the records in one statement; when that fails, one by one, each in a savepoint, and keep a record
+    that cannot be inserted in ``REJECTED`` (logged as an error) rather than let it stop every later record."""
+    if not records:
+        return []
+    try:
+        with conn.begin_nested():
+            insert_rows(conn, [row for _, row in records])
+        return [row for _, row in records]
+    except DBAPIError:
+        if len(records) == 1:
+            _reject(path, records[0][0], "the database refused it")
+            return []
+    inserted = []
+    for line, row in records:
+        try:
+            with conn.begin_nested():
+                insert_rows(conn, [row])
+            inserted.append(row)
+        except DBAPIError:
+            _reject(path, line, "the database refused it")
+    return inserted
+
+
+def _reject(path: Path, line: bytes, why: str) -> None:
+    """Keep a line that cannot become a log record for the operator (mode 600, beside the spool files)."""
+    log.error("%s holds a line that cannot be logged (%s); kept in %s", path.name, why, REJECTED)
+    fd = os.open(path.parent / REJECTED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line if line.endswith(b"\n") else line + b"\n")
+    finally:
+        os.close(fd)
 
 
 def _complete_lines(f: BinaryIO, limit: int) -> list[bytes]:
@@ -199,9 +259,7 @@ def _parse(line: bytes, path: Path) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         pass
     # Not a record this module wrote (the file was changed): kept for the operator, not lost, not inserted.
-    log.error("%s holds a line that is not an audit record; kept in %s", path.name, REJECTED)
-    with open(path.parent / REJECTED, "ab") as out:
-        out.write(line)
+    _reject(path, line, "not an audit record")
     return None
 
 
