@@ -24,10 +24,11 @@ from sqlalchemy import func, select
 from nara.config import Settings
 from nara.security import audit
 from nara.security.actors import Actor
-from nara.security.audit_outbox import Outbox, OutboxError, drain, pending_files
+from nara.security.audit_outbox import MAX_FILE_BYTES, Outbox, OutboxError, database_tag, drain, pending_files
 from nara.security.schema import audit_access, audit_event, audit_outbox
 from nara.server.app import create_app
-from nara.store.database import create_engine, drop_database
+from nara.store.database import create_engine, drop_database, ensure_database
+from nara.store.migrate import upgrade
 from nara.store.store import Store
 from tests.conftest import Backend, ServerThread, _free_port, system_token, token, wait_healthy
 from tests.security.region import Region, build_region, observation
@@ -171,6 +172,11 @@ def test_a_read_whose_record_cannot_be_appended_answers_500_and_shows_nothing(
     assert "Andersson" not in r.text and "could not be logged" in r.text
 
 
+def writer_for(store: Store, spool: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Outbox:
+    """A process's outbox writer for the test database, as the gate makes it."""
+    return Outbox(spool, lambda: database_tag(store.engine), max_file_bytes)
+
+
 def _record(i: int) -> audit.AuditRecord:
     actor = Actor(kind="system", subject="outbox-test", client_id="outbox-test", policy_off=True)
     return audit.AuditRecord(
@@ -193,7 +199,7 @@ def test_concurrent_drainers_insert_each_record_once_and_delete_only_finished_fi
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool, max_file_bytes=20_000)  # several files: the writer moves on past 20 kB
+    writer = writer_for(store, spool, max_file_bytes=20_000)  # several files: the writer moves on past 20 kB
     for i in range(600):
         writer.append(_record(i), audit.now_utc())
     files = pending_files(spool)
@@ -228,7 +234,7 @@ def test_concurrent_drainers_insert_each_record_once_and_delete_only_finished_fi
 
 def test_a_record_still_being_written_waits_for_the_next_drain(pg: Backend, store: Store, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool)
+    writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
     (path,) = pending_files(spool)
     whole = orjson.dumps(audit.record_row(_record(2), audit.now_utc())) + b"\n"
@@ -242,7 +248,7 @@ def test_a_record_still_being_written_waits_for_the_next_drain(pg: Backend, stor
 
 def test_a_killed_writers_half_line_is_dropped_and_its_file_removed(pg: Backend, store: Store, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool)
+    writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
     (path,) = pending_files(spool)
     assert writer._fd is not None
@@ -254,7 +260,7 @@ def test_a_killed_writers_half_line_is_dropped_and_its_file_removed(pg: Backend,
 
 def test_a_changed_line_is_kept_for_the_operator_and_not_inserted(pg: Backend, store: Store, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool)
+    writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
     assert writer._fd is not None
     os.write(writer._fd, b"not a record\n")
@@ -285,14 +291,14 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = Outbox(spool)
+    first = writer_for(store, spool)
     first.append(_record(1), audit.now_utc())
     refused = orjson.dumps({"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "action": None}, "a": []})
     assert first._fd is not None
     os.write(first._fd, refused + b"\n")  # valid JSON the database refuses (no action): not a line we write
     first.append(_record(3), audit.now_utc())
     first.close()
-    second = Outbox(spool)  # another worker's, later file
+    second = writer_for(store, spool)  # another worker's, later file
     second.append(_record(4), audit.now_utc())
     second.close()
     assert drain(store.engine, spool) == 3
@@ -308,7 +314,7 @@ def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool)
+    writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
     (path,) = pending_files(spool)
     size = path.stat().st_size
@@ -334,7 +340,7 @@ def test_a_forked_child_neither_appends_to_nor_holds_its_parents_file(
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    writer = Outbox(spool)
+    writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
     (parent_file,) = pending_files(spool)
     ready_r, ready_w = os.pipe()
@@ -385,3 +391,25 @@ def test_nara_serve_with_an_external_sealer_writes_reads_to_the_database(pg: Bac
         proc.terminate()
         proc.wait(timeout=20)
         drop_database(url)
+
+
+def test_a_drainer_takes_only_its_own_databases_files(pg: Backend, store: Store, tmp_path: Path) -> None:
+    """Two servers of different databases started in the same place share var/audit-outbox: neither may log the
+    other's reads (in the wrong database, and missing from the right one)."""
+    spool = tmp_path / "shared"
+    ours = writer_for(store, spool)
+    ours.append(_record(42), audit.now_utc())
+    ours.close()
+    other_url = pg.url.rsplit("/", 1)[0] + f"/nara_other_{os.getpid()}"
+    ensure_database(other_url, drop_first=True)
+    other = create_engine(other_url)
+    try:
+        upgrade(other)
+        assert database_tag(other) != database_tag(store.engine)
+        assert drain(other, spool) == 0
+        with other.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(audit_event)).scalar_one() == 0
+        assert drain(store.engine, spool) == 1 and _count(store) == 1
+    finally:
+        other.dispose()
+        drop_database(other_url)

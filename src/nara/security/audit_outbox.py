@@ -14,8 +14,11 @@ database's asynchronous read commits had the same window for a database crash. `
 writes every record to the database before answering instead.
 
 Files and their life:
-- Each process appends to its own file, ``<host>-<pid>-<start ns>.audit``, one JSON document a line
-  (``audit.record_row``). It holds an exclusive ``flock`` on the file while it may still append; it takes
+- Each process appends to its own file, ``<database>-<host>-<pid>-<start ns>.audit``, one JSON document a line
+  (``audit.record_row``). ``<database>`` names the database the records belong to (``database_tag``): a
+  drainer takes only its own database's files, so two servers of different databases that share a
+  directory (say production and training started in the same place) never log each other's reads. It
+  holds an exclusive ``flock`` on the file while it may still append; it takes
   the lock before the file gets its name (a temporary name, then ``rename``), so a drainer never sees an
   unlocked file that a writer is about to use. It starts a new file past ``MAX_FILE_BYTES``.
 - A drainer reads a file from the byte offset recorded for it in ``audit_outbox`` (same transaction as the
@@ -35,18 +38,20 @@ without a broker of its own (a broker would be one more service to run and to ke
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -69,8 +74,9 @@ class OutboxError(OSError):
 class Outbox:
     """This process's writer: ``append`` returns once the record is in the spool file."""
 
-    def __init__(self, directory: Path, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+    def __init__(self, directory: Path, tag: Callable[[], str], max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.directory = Path(directory)
+        self.tag = tag  # the database's tag (database_tag), asked for when the first file is made
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -124,7 +130,7 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(PermissionError):
             os.chmod(self.directory, 0o700)  # log data: the service's user only, also when made by someone else
-        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        name = f"{self.tag()}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -136,14 +142,36 @@ class Outbox:
         self._fd, self._size = fd, 0
 
 
-def pending_files(directory: Path) -> list[Path]:
-    """The spool files in ``directory``, oldest first."""
+def pending_files(directory: Path, tag: str | None = None) -> list[Path]:
+    """The spool files in ``directory`` (of the database ``tag`` when given), oldest first."""
     if not directory.is_dir():
         return []
     return sorted(
-        (p for p in directory.iterdir() if p.name.endswith(SUFFIX) and not p.name.startswith(".")),
+        (
+            p
+            for p in directory.iterdir()
+            if p.name.endswith(SUFFIX) and not p.name.startswith(".") and (tag is None or p.name.startswith(f"{tag}-"))
+        ),
         key=_started,
     )
+
+
+_TAGS: dict[str, str] = {}
+
+
+def database_tag(engine: Engine) -> str:
+    """A short name of the database ``engine`` writes to: its cluster's system identifier and its name, hashed
+    (the same whatever URL reaches it; another cluster or another database gives another tag)."""
+    key = engine.url.render_as_string(hide_password=True)
+    tag = _TAGS.get(key)
+    if tag is None:
+        with engine.connect() as conn:
+            name, system = conn.execute(
+                text("SELECT current_database(), (SELECT system_identifier FROM pg_control_system())")
+            ).one()
+        tag = hashlib.sha256(f"{system}/{name}".encode()).hexdigest()[:12]
+        _TAGS[key] = tag
+    return tag
 
 
 def _started(path: Path) -> tuple[int, str]:
@@ -157,7 +185,7 @@ def drain(engine: Engine, directory: Path) -> int:
     """Insert every complete record waiting in ``directory``'s spool files into the log; delete the files
     their writers are done with. Returns how many records were inserted."""
     total = 0
-    for path in pending_files(directory):
+    for path in pending_files(directory, database_tag(engine)):  # another database's files are not this one's
         try:
             total += _drain_file(engine, path)
         except FileNotFoundError:

@@ -23,7 +23,7 @@ from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
 from nara.security.actors import SYSTEM, Actor
 from nara.security.audit_commit import GroupCommit
-from nara.security.audit_outbox import Outbox, OutboxError, drain
+from nara.security.audit_outbox import Outbox, OutboxError, database_tag, drain
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
@@ -146,7 +146,11 @@ class Gate:
         self.resolver = ActorResolver(store)
         self.group_commit = GroupCommit()
         # The read-audit outbox (PostgreSQL only: on SQLite a read's record is one local insert anyway).
-        self.outbox = Outbox(Path(settings.audit_outbox)) if settings.audit_outbox and store.postgres else None
+        self.outbox = (
+            Outbox(Path(settings.audit_outbox), lambda: database_tag(store.engine))
+            if settings.audit_outbox and store.postgres
+            else None
+        )
         # One audit hook per store: a second gate on the same store (a second app) replaces the first one's
         # hook instead of auditing every write twice. The hook reads everything from the transaction's policy.
         store.write_hooks[:] = [h for h in store.write_hooks if not isinstance(getattr(h, "__self__", None), Gate)]
