@@ -266,16 +266,17 @@ class Gate:
             protected = protected_by_label(tx.conn, {x.patient_id for x in rec.accesses})
             for x in rec.accesses:
                 x.protected = x.patient_id in protected
-        if tx.autocommit and tx.pg and rec.lookup_protected and self.outbox is not None:
-            # A read on PostgreSQL: in the outbox's file before the request answers; drained into the log.
-            try:
-                self.outbox.append(rec, audit.now_utc())
-            except OutboxError as exc:
-                log.error("%s", exc)
-                raise FhirError(500, "exception", "The access could not be logged; nothing is shown") from exc
-        elif tx.autocommit and tx.pg and rec.lookup_protected:
-            # A read on PostgreSQL: written before the request answers, together with concurrent reads' records.
-            self.group_commit.record(tx.conn, rec)
+        if tx.autocommit and tx.pg and rec.lookup_protected:
+            if self.outbox is not None:
+                # A read on PostgreSQL: in the outbox's file before the request answers; drained into the log.
+                try:
+                    self.outbox.append(rec, audit.now_utc())
+                except OutboxError as exc:
+                    log.error("%s", exc)
+                    raise FhirError(500, "exception", "The access could not be logged; nothing is shown") from exc
+            else:
+                # Written before the request answers, together with concurrent reads' records.
+                self.group_commit.record(tx.conn, rec)
         else:
             audit.record(tx.conn, rec)
 

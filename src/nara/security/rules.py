@@ -275,12 +275,6 @@ def remember_household_address(tx: Tx, patient: str) -> None:
     reindex_resources(tx, list(tx.conn.execute(household)))
 
 
-def _was_protected(tx: Tx, st: Stored) -> bool:
-    """Whether the access-rule store has ``st``'s Patient as protected (from the version before this write)."""
-    found = select(pdl_rule.c.id).where(pdl_rule.c.source_rid == st.rid, pdl_rule.c.kind == "protected")
-    return tx.conn.execute(found.limit(1)).first() is not None
-
-
 def _is_address(param: str) -> bool:
     return param == "address" or param.startswith("address-")
 
@@ -520,8 +514,13 @@ def on_write(tx: Tx, method: str, st: Stored) -> None:
     if st.res_type not in RULE_TYPES:
         return
     table = care_relation if st.res_type in CARE_TYPES else pdl_rule
-    was_protected = st.res_type == "Patient" and not st.deleted and _was_protected(tx, st)
-    tx.conn.execute(delete(table).where(table.c.source_rid == st.rid))
+    old_rules = delete(table).where(table.c.source_rid == st.rid)
+    was_protected = False  # whether the version before this write had her protected (her rules, deleted here)
+    if table is pdl_rule and st.res_type == "Patient" and not st.deleted:
+        removed = tx.conn.execute(old_rules.returning(pdl_rule.c.kind))
+        was_protected = removed is not None and "protected" in removed.scalars().all()  # None: a bulk load's new row
+    else:
+        tx.conn.execute(old_rules)
     if st.deleted or st.content is None or not st.patient_id or st.patient_id == UNRESOLVED_PATIENT:
         return  # no rule may name the compartment of a person no Patient is known for
     rows = derive(tx, st.resource(), st.patient_id, st.last_updated)
