@@ -190,6 +190,12 @@ def _record(i: int) -> audit.AuditRecord:
     )
 
 
+def logged_ids(store: Store) -> list[str]:
+    """The resource ids of every record in the log, sorted (each once per record)."""
+    with store.engine.connect() as conn:
+        return sorted(r[0] for r in conn.execute(select(audit_event.c.resource_id)))
+
+
 def _count(store: Store) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(audit_event)).scalar_one())
@@ -219,9 +225,8 @@ def test_concurrent_drainers_insert_each_record_once_and_delete_only_finished_fi
         t.join()
     assert not errors
     with store.engine.connect() as conn:
-        ids = [r[0] for r in conn.execute(select(audit_event.c.resource_id))]
         rows = conn.execute(select(audit_outbox.c.file, audit_outbox.c.drained)).all()
-    assert sorted(ids) == sorted(f"obs-{i}" for i in range(600))  # each once
+    assert logged_ids(store) == sorted(f"obs-{i}" for i in range(600))  # each once
     # The files the writer moved on from are gone; the one it still holds stays, drained to its end.
     assert pending_files(spool) == [files[-1]]
     assert [(f, n) for f, n in rows] == [(files[-1].name, files[-1].stat().st_size)]
@@ -302,9 +307,7 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     second.append(_record(4), audit.now_utc())
     second.close()
     assert drain(store.engine, spool) == 3
-    with store.engine.connect() as conn:
-        ids = sorted(r[0] for r in conn.execute(select(audit_event.c.resource_id)))
-    assert ids == ["obs-1", "obs-3", "obs-4"]
+    assert logged_ids(store) == ["obs-1", "obs-3", "obs-4"]
     assert (spool / "rejected.lines").read_bytes() == refused + b"\n"
     assert stat.S_IMODE((spool / "rejected.lines").stat().st_mode) == 0o600
     assert pending_files(spool) == []
@@ -331,8 +334,7 @@ def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
     writer.append(_record(3), audit.now_utc())  # space again: acknowledged
     writer.close()
     drain(store.engine, spool)
-    with store.engine.connect() as conn:
-        assert sorted(r[0] for r in conn.execute(select(audit_event.c.resource_id))) == ["obs-1", "obs-3"]
+    assert logged_ids(store) == ["obs-1", "obs-3"]
     assert not (spool / "rejected.lines").exists()
 
 
