@@ -76,6 +76,7 @@ def _security_from_env() -> SecuritySettings:
         audit_retention_days=_retention_days(),
         audit_outbox=audit_outbox_dir(),
         drain_interval_seconds=_env_float("NARA_AUDIT_DRAIN_SECONDS", 0.2),
+        reader_drain_seconds=_env_float("NARA_AUDIT_READER_DRAIN_SECONDS", 5.0),
     )
 
 

@@ -24,7 +24,17 @@ from sqlalchemy import func, select
 from nara.config import Settings
 from nara.security import audit
 from nara.security.actors import Actor
-from nara.security.audit_outbox import MAX_FILE_BYTES, Outbox, OutboxError, database_tag, drain, pending_files
+from nara.security.audit_outbox import (
+    DRAIN_BATCH,
+    MAX_FILE_BYTES,
+    Outbox,
+    OutboxBacklog,
+    OutboxError,
+    database_tag,
+    drain,
+    pending_files,
+)
+from nara.security.gate import SecuritySettings
 from nara.security.schema import audit_access, audit_event, audit_outbox
 from nara.server.app import create_app
 from nara.store.database import create_engine, drop_database, ensure_database
@@ -47,6 +57,7 @@ class OutboxServer:
     spool: Path
     store: Store
     outbox: Outbox  # the app's writer
+    settings: SecuritySettings  # the running app's
 
 
 @pytest.fixture
@@ -68,7 +79,7 @@ def outbox_server(pg: Backend, store: Store, tmp_path: Path) -> Iterator[OutboxS
     wait_healthy(f"http://127.0.0.1:{port}", 15)
     try:
         assert app.state.gate.outbox is not None
-        yield OutboxServer(f"http://127.0.0.1:{port}/fhir", spool, own, app.state.gate.outbox)
+        yield OutboxServer(f"http://127.0.0.1:{port}/fhir", spool, own, app.state.gate.outbox, settings.security)
     finally:
         thread.stop()
         own.dispose()
@@ -170,6 +181,51 @@ def test_a_read_whose_record_cannot_be_appended_answers_500_and_shows_nothing(
         r = c.get(f"Patient/{anna}")
     assert r.status_code == 500
     assert "Andersson" not in r.text and "could not be logged" in r.text
+
+
+def test_r_log_3_a_backlog_larger_than_a_request_may_drain_answers_503_and_each_try_drains_more(
+    region: Region, outbox_server: OutboxServer
+) -> None:
+    """After the sealer was down, the outbox may hold more than a log reader's request can drain in its time
+    (NARA_AUDIT_READER_DRAIN_SECONDS): the patient gets 503 with Retry-After, never an extract without her
+    latest accesses; what each try drained stays in the log, and once the backlog is in, the extract shows
+    them."""
+    anna = region.patients["anna"]
+    with region.as_(region.staff["hsv"].token()) as c:
+        assert c.get(f"Patient/{anna}").status_code == 200  # in the server's own spool file
+    backlog = writer_for(outbox_server.store, outbox_server.spool)  # another process's file, as after an outage
+    for i in range(DRAIN_BATCH * 2 + 100):
+        backlog.append(_record(i), audit.now_utc())
+    outbox_server.settings.reader_drain_seconds = 0  # one batch per file, then the answer
+    answers = []
+    with region.as_(token(region.pnr["anna"], "citizen")) as c:
+        for _ in range(3):
+            r = c.get(f"Patient/{anna}/$log-extract")
+            answers.append(r.status_code)
+            if r.status_code == 503:
+                assert r.headers["Retry-After"] == "60"
+                assert r.json()["issue"][0]["code"] == "transient" and "kB waiting" in r.text
+                assert "Traceback" not in r.text
+    backlog.close()
+    assert answers == [503, 503, 200]
+    assert "Hemsjukvården Kumla" in r.text  # the municipal nurse's read
+    assert sum(1 for i in logged_ids(outbox_server.store) if i.startswith("obs-")) == DRAIN_BATCH * 2 + 100
+
+
+def test_a_drain_past_its_deadline_keeps_what_it_inserted_and_says_what_waits(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    for i in range(DRAIN_BATCH + 10):
+        writer.append(_record(i), audit.now_utc())
+    (path,) = pending_files(spool)
+    with pytest.raises(OutboxBacklog) as late:
+        drain(store.engine, spool, deadline=time.monotonic())
+    assert _count(store) == DRAIN_BATCH  # one batch, committed
+    assert 0 < late.value.waiting_bytes < path.stat().st_size // 100  # the ten records left
+    assert drain(store.engine, spool, deadline=time.monotonic()) == 10  # the rest fits in one batch
+    assert logged_ids(store) == sorted(f"obs-{i}" for i in range(DRAIN_BATCH + 10))
 
 
 def writer_for(store: Store, spool: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Outbox:

@@ -67,6 +67,14 @@ DRAIN_BATCH = 2000  # records inserted per statement and transaction
 REJECTED = "rejected.lines"  # lines of a spool file that are not records (changed by hand), for the operator
 
 
+class OutboxBacklog(Exception):
+    """A drain ran out of its time with records still waiting (what it inserted stays inserted)."""
+
+    def __init__(self, waiting_bytes: int) -> None:
+        super().__init__(f"{waiting_bytes} bytes of records still waiting")
+        self.waiting_bytes = waiting_bytes
+
+
 class OutboxError(OSError):
     """The record could not be appended (disk full, spool gone): the read must not answer."""
 
@@ -184,22 +192,44 @@ def _started(path: Path) -> tuple[int, str]:
         return 0, path.name
 
 
-def drain(engine: Engine, directory: Path) -> int:
+def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int:
     """Insert every complete record waiting in ``directory``'s spool files into the log; delete the files
-    their writers are done with. Returns how many records were inserted."""
+    their writers are done with. Returns how many records were inserted.
+
+    With a ``deadline`` (a ``time.monotonic()`` value; for a log reader's request), raises ``OutboxBacklog``
+    when it has passed and records still wait. Each file gets one batch before the deadline is looked at, so
+    every such drain makes progress; what it inserted stays inserted, and the next drain goes on from there."""
     total = 0
-    for path in pending_files(directory, database_tag(engine)):  # another database's files are not this one's
+    files = pending_files(directory, database_tag(engine))  # another database's files are not this one's
+    for i, path in enumerate(files):
         try:
-            total += _drain_file(engine, path)
+            total += _drain_file(engine, path, deadline)
         except FileNotFoundError:
             continue  # drained and deleted by another drainer meanwhile
+        except _PastDeadline:
+            raise OutboxBacklog(sum(_waiting(engine, p) for p in files[i:])) from None
         except Exception:
             # One file's trouble (its database write failed) must not keep the other files out of the log.
             log.exception("draining %s failed; the other files are drained, it is tried again next time", path)
     return total
 
 
-def _drain_file(engine: Engine, path: Path) -> int:
+class _PastDeadline(Exception):
+    pass
+
+
+def _waiting(engine: Engine, path: Path) -> int:
+    """The bytes of ``path`` not yet drained (records, and a last one perhaps still being written)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    with engine.connect() as conn:
+        drained = conn.execute(select(audit_outbox.c.drained).where(audit_outbox.c.file == path.name)).scalar()
+    return max(0, size - int(drained or 0))
+
+
+def _drain_file(engine: Engine, path: Path, deadline: float | None = None) -> int:
     total = 0
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
@@ -224,6 +254,8 @@ def _drain_file(engine: Engine, path: Path) -> int:
             total += len(rows)
             if len(lines) < DRAIN_BATCH:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                raise _PastDeadline  # more waits in this file
         if finished:
             rest = f.read()
             if rest:

@@ -8,6 +8,7 @@ before the response is sent, audits every write through a store hook, and logs d
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from nara.fhir.searchparams import compartment_patient, extract
 from nara.security import audit
 from nara.security.actors import SYSTEM, Actor
 from nara.security.audit_commit import GroupCommit
-from nara.security.audit_outbox import Outbox, OutboxError, database_tag, drain
+from nara.security.audit_outbox import Outbox, OutboxBacklog, OutboxError, database_tag, drain
 from nara.security.devidp import DEV_ISSUER, DevIdentityProvider, key_set, signing_key
 from nara.security.identity import ActorResolver
 from nara.security.policy import ACTIVE_POLICY, Policy
@@ -74,6 +75,9 @@ class SecuritySettings:
     # every read's record is written to the database before the read answers.
     audit_outbox: str | None = None
     drain_interval_seconds: float = 0.2  # how often the sealer drains the outbox (NARA_AUDIT_DRAIN_SECONDS)
+    # How long a log reader's request drains the outbox before it answers 503 (a backlog, after the sealer was
+    # down): NARA_AUDIT_READER_DRAIN_SECONDS.
+    reader_drain_seconds: float = 5.0
 
 
 def redact(tx: Tx, st: Stored) -> Stored:
@@ -522,9 +526,21 @@ class Gate:
 
     def drain_outbox(self) -> None:
         """Bring the records waiting in this host's outbox into the log: a log reader calls it first, so that
-        an access made a moment ago on this host is in what it shows."""
-        if self.outbox is not None:
-            drain(self.store.engine, self.outbox.directory)
+        an access made a moment ago on this host is in what it shows. A backlog larger than the request may
+        take (``reader_drain_seconds``) gives 503 with Retry-After, not a log without its latest accesses: what
+        was drained stays, and the sealer goes on with the rest."""
+        if self.outbox is None:
+            return
+        try:
+            drain(self.store.engine, self.outbox.directory, time.monotonic() + self.settings.reader_drain_seconds)
+        except OutboxBacklog as backlog:
+            raise FhirError(
+                503,
+                "transient",
+                "The access log is still taking in recent accesses from this server's outbox "
+                f"({backlog.waiting_bytes // 1024 + 1} kB waiting); nothing is lost. Try again in a minute.",
+                headers={"Retry-After": "60"},
+            ) from None
 
     # ---- sealing -------------------------------------------------------------------------------
     def start_sealer(self) -> None:
