@@ -408,6 +408,24 @@ def test_r_id_2_a_citizen_finds_her_record_stored_under_the_riv_oid(region: Regi
     assert own_data(token(snr, "citizen"), region) == ({newcomer}, {newcomer_obs})
 
 
+def test_r_id_1_a_citizen_finds_her_record_stored_with_her_number_written_with_a_hyphen(region: Region) -> None:
+    """A register or feed may store the personnummer as ``YYYYMMDD-NNNC`` (or the 10-digit ``YYMMDD-NNNC``):
+    the number is indexed also in its 12 digits, so her login (and a staff member's search by it, in any written
+    form) finds her record; a number that fails the Luhn check is kept as written and normalised to nothing."""
+    pnr = luhn_pnr(date(1948, 6, 9), 371)
+    her, her_obs = registered(region, PNR, dashed(pnr), "Bindestreck")
+    old = luhn_pnr(date(1956, 1, 30), 264)
+    elder, elder_obs = registered(region, PNR_OID, f"{old[2:8]}-{old[8:]}", "Tiosiffrig")
+    for sub in (pnr, dashed(pnr)):
+        assert own_data(token(sub, "citizen"), region) == ({her}, {her_obs})
+    assert own_data(token(old, "citizen"), region) == ({elder}, {elder_obs})
+    for written in (pnr, dashed(pnr)):
+        assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{written}"}).json()) == {her}
+    wrong = pnr[:-1] + str((int(pnr[-1]) + 1) % 10)  # the Luhn check fails
+    registered(region, PNR, dashed(wrong), "Felskriven")
+    assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{wrong}"}).json()) == set()
+
+
 def test_r_id_1_a_number_on_two_live_records_identifies_no_one_and_a_deleted_record_none(region: Region) -> None:
     """A number two live Patients carry identifies no one, also when one record has it under the URI and the other
     under the OID (403, the records must be corrected). A deleted record is no record: the number it carried

@@ -153,6 +153,17 @@ def make_personal_identity(born: date, birth_number: int, *, samordning: bool = 
     return f"{born.year // 100:02d}{nine}{luhn_check_digit(nine)}"
 
 
+def personal_number(system: str | None, value: str) -> str | None:
+    """``value`` as a 12-digit personal identity number when ``system`` says it is one (URI or RIV OID, any of
+    the written forms) and it passes the checks of R-ID-1, else None."""
+    if normalize_system(system) not in PERSONAL_SYSTEMS:
+        return None
+    try:
+        return parse_personal_identity(value).value
+    except InvalidIdentifier:
+        return None
+
+
 def normalize_system(system: str | None) -> str | None:
     """The stored identifier system for an inbound one: RIV OIDs map to the HL7 Sweden URIs (R-ID-2)."""
     if system is None:

@@ -16,10 +16,10 @@ from sqlalchemy import Connection, delete, insert, not_, or_, select
 
 from nara.fhir.canonical import BASE
 from nara.fhir.dates import parse_range
-from nara.fhir.identifiers import PERSONAL_SYSTEMS, PERSONNUMMER, normalize_system
+from nara.fhir.identifiers import PERSONAL_SYSTEMS, PERSONNUMMER, normalize_system, personal_number
 from nara.security.schema import care_relation, pdl_rule
 from nara.store.indexing import register_index_view
-from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by, personal_number
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
 from nara.store.reindex import current_rows, reindex_resources
 from nara.store.schema import resource, sp_string, sp_token
 from nara.store.store import register_write_hook

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Select, bindparam, insert, literal, select, u
 
 from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
+from nara.fhir.identifiers import personal_number
 from nara.fhir.ids import is_valid_id, new_id
 from nara.fhir.outcome import FhirError, invalid, not_found
 from nara.fhir.searchparams import carrier_reference, compartment_patient, extract, patient_compartment_params
@@ -26,7 +27,7 @@ from nara.fhir.spec import spec
 from nara.store.database import json_in, json_out
 from nara.store.indexing import INDEX_VIEWS, delete_index, index_params, insert_index, mask_of
 from nara.store.memo import Memo
-from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by, personal_number
+from nara.store.patients import UNRESOLVED_PATIENT, patients_identified_by
 from nara.store.schema import resource, resource_history
 
 if TYPE_CHECKING:

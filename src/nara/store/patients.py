@@ -9,13 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, and_, or_, select
 
-from nara.fhir.identifiers import (
-    PERSONAL_SYSTEMS,
-    InvalidIdentifier,
-    normalize_system,
-    parse_personal_identity,
-    written_systems,
-)
+from nara.fhir.identifiers import PERSONAL_SYSTEMS, normalize_system, personal_number, written_systems
 from nara.store.schema import sp_token
 
 # The compartment of data about a person named by a personal identity number no Patient carries (yet): not a
@@ -44,17 +38,6 @@ def patients_with_identifiers(conn: Connection, identifiers: list[tuple[str | No
         .limit(limit)
     ).all()
     return sorted(r.patient_id for r in found if r.patient_id)
-
-
-def personal_number(system: str | None, value: str) -> str | None:
-    """``value`` as a 12-digit personal identity number when ``system`` says it is one (URI or RIV OID, any of
-    the written forms), else None."""
-    if normalize_system(system) not in PERSONAL_SYSTEMS:
-        return None
-    try:
-        return parse_personal_identity(value).value
-    except InvalidIdentifier:
-        return None
 
 
 def patients_identified_by(conn: Connection, system: str | None, value: str, limit: int = 2) -> list[str]:
