@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -975,40 +976,36 @@ def test_consent_and_block_operations_appear_in_the_log(region: Region, store: S
 
 # ---- a server killed mid-load --------------------------------------------------------------------
 def test_every_acknowledged_request_has_its_record_after_a_kill(backend: Backend, tmp_path: Path) -> None:
-    """Start `nara serve`, load it from threads, kill -9 it mid-load: every 2xx has its audit record. On
-    PostgreSQL a read's record is in the read-audit outbox when the read answers; the server and its sealer
-    are gone, so `nara audit drain` brings what they left there into the log (as after a crash)."""
+    """Start `nara serve` as a region runs it, load it from threads, kill -9 the whole service (its processes)
+    mid-load: every 2xx has its audit record. On PostgreSQL it runs two workers with the default read-audit
+    outbox (`var/audit-outbox` under the directory it starts in): a read's record is there when the read
+    answers; the workers and the sealer are gone, so `nara audit drain`, run in the same place, brings what
+    they left into the log (as after a crash)."""
     if backend.name == "sqlite":
         url = f"sqlite:///{tmp_path}/kill.db"
     else:
         url = backend.url.rsplit("/", 1)[0] + f"/nara_kill_{os.getpid()}"
     port = _free_port()
-    outbox = tmp_path / "outbox"
-    env = {
-        **os.environ,
-        "NARA_DEV_IDP": "true",
-        "NARA_DATABASE_URL": url,
-        "NARA_AUDIT_OUTBOX": str(outbox),
-        # The sealer leaves the outbox alone until after the kill: what it holds then is what the reads left.
-        "NARA_AUDIT_DRAIN_SECONDS": "3600",
-        "NARA_AUDIT_SEAL_SECONDS": "3600",
-    }
+    outbox = tmp_path / "var" / "audit-outbox"  # nara serve's default, under its working directory
+    env = {k: v for k, v in os.environ.items() if k != "NARA_AUDIT_OUTBOX"}
+    env.update(
+        {
+            "NARA_DEV_IDP": "true",
+            "NARA_DATABASE_URL": url,
+            # The sealer leaves the outbox alone until after the kill: what it holds then is what the reads left.
+            "NARA_AUDIT_DRAIN_SECONDS": "3600",
+            "NARA_AUDIT_SEAL_SECONDS": "3600",
+        }
+    )
+    workers = "2" if backend.name == "postgres" else "1"
+    serve = ["serve", "--port", str(port), "--database-url", url, "--workers", workers, "--log-level", "warning"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nara.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--database-url",
-            url,
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "nara.cli", *serve],
         env=env,
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes every process of the service
     )
     base = f"http://127.0.0.1:{port}/fhir"
     auth = {"Authorization": f"Bearer {token('load-test', 'system')}", **JSON}
@@ -1046,22 +1043,22 @@ def test_every_acknowledged_request_has_its_record_after_a_kill(backend: Backend
         for t in threads:
             t.start()
         time.sleep(2.0)
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # as the service manager kills a service: all its processes
         proc.wait(timeout=10)
         stop.set()
         for t in threads:
             t.join(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     assert acked_writes and acked_reads
     from nara.store.database import create_engine, drop_database
 
     cli = [sys.executable, "-m", "nara.cli", "audit"]
     if backend.name == "postgres":
         assert list(outbox.glob("*.audit")), "the reads' records went through the outbox"
-        drained = subprocess.run(
-            [*cli, "drain", "--outbox", str(outbox), "--database-url", url], capture_output=True, text=True, timeout=120
+        drained = subprocess.run(  # its default outbox, in the directory the service ran in
+            [*cli, "drain", "--database-url", url], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
         )
         assert drained.returncode == 0, drained.stderr
         assert not list(outbox.glob("*.audit"))  # every file drained and, its writer dead, removed
