@@ -419,8 +419,9 @@ def test_r_id_1_a_citizen_finds_her_record_stored_with_her_number_written_with_a
     for sub in (pnr, dashed(pnr)):
         assert own_data(token(sub, "citizen"), region) == ({her}, {her_obs})
     assert own_data(token(old, "citizen"), region) == ({elder}, {elder_obs})
-    for written in (pnr, dashed(pnr)):
+    for written in (pnr, dashed(pnr), f"{pnr[2:8]}-{pnr[8:]}"):
         assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{written}"}).json()) == {her}
+    assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR_OID}|{old[2:]}"}).json()) == {elder}
     wrong = pnr[:-1] + str((int(pnr[-1]) + 1) % 10)  # the Luhn check fails
     registered(region, PNR, dashed(wrong), "Felskriven")
     assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{wrong}"}).json()) == set()
