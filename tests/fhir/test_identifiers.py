@@ -71,6 +71,16 @@ def test_r_id_1_separated_and_ten_digit_forms_normalise_to_twelve_digits() -> No
     assert parse_personal_identity("5009072553", today=date(2026, 1, 1)).value == "195009072553"
 
 
+def test_r_id_1_a_ten_digit_form_never_names_a_birth_date_after_today() -> None:
+    """The century of ``YYMMDD-NNNC`` is the one that makes the person born on or before today (under 100):
+    a date later in the current year is a hundred years ago, not in the coming weeks."""
+    today = date(2026, 12, 7)
+    assert parse_personal_identity("261231-2344", today=today).value == "192612312344"
+    assert parse_personal_identity("261208-3457", today=today).value == "192612083457"
+    assert parse_personal_identity("261207-1239", today=today).value == "202612071239"  # born today
+    assert parse_personal_identity("261231+2344", today=today).value == "182612312344"
+
+
 def test_r_id_1_legal_sex_follows_the_third_birth_number_digit() -> None:
     assert parse_personal_identity("191212121212").sex == "male"  # 121: 1 is odd
     female = make_personal_identity(date(1980, 5, 17), 246)

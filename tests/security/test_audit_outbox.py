@@ -196,7 +196,7 @@ def test_r_log_3_a_backlog_larger_than_a_request_may_drain_answers_503_and_each_
     backlog = writer_for(outbox_server.store, outbox_server.spool)  # another process's file, as after an outage
     for i in range(DRAIN_BATCH * 2 + 100):
         backlog.append(_record(i), audit.now_utc())
-    outbox_server.settings.reader_drain_seconds = 0  # one batch per file, then the answer
+    outbox_server.settings.reader_drain_seconds = 0  # a batch's worth, then the answer
     answers = []
     with region.as_(token(region.pnr["anna"], "citizen")) as c:
         for _ in range(3):
@@ -226,6 +226,35 @@ def test_a_drain_past_its_deadline_keeps_what_it_inserted_and_says_what_waits(
     assert 0 < late.value.waiting_bytes < path.stat().st_size // 100  # the ten records left
     assert drain(store.engine, spool, deadline=time.monotonic()) == 10  # the rest fits in one batch
     assert logged_ids(store) == sorted(f"obs-{i}" for i in range(DRAIN_BATCH + 10))
+
+
+def test_a_drain_past_its_deadline_stops_between_small_files_and_not_when_nothing_waits(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """Many small files (a worker that kept restarting leaves one each) bound a reader's drain as one large file
+    does: past the deadline, once a batch's worth is in, the next file waits. A drain that ends exactly on a
+    batch's end has nothing waiting, and says so."""
+    spool = tmp_path / "spool"
+    for f in range(4):
+        writer = writer_for(store, spool)
+        for i in range(1500):
+            writer.append(_record(f * 10_000 + i), audit.now_utc())
+        writer.close()  # the process is gone: a finished file
+    files = pending_files(spool)
+    assert len(files) == 4
+    with pytest.raises(OutboxBacklog) as late:
+        drain(store.engine, spool, deadline=time.monotonic())
+    assert _count(store) == 3000  # two files: the second still below a batch's worth when it began
+    assert pending_files(spool) == files[2:]
+    assert late.value.waiting_bytes == sum(p.stat().st_size for p in files[2:])
+    assert drain(store.engine, spool) == 3000 and pending_files(spool) == []
+
+    exact = writer_for(store, spool)
+    for i in range(DRAIN_BATCH):
+        exact.append(_record(50_000 + i), audit.now_utc())
+    exact.close()
+    assert drain(store.engine, spool, deadline=time.monotonic()) == DRAIN_BATCH  # no 503 for nothing waiting
+    assert pending_files(spool) == []
 
 
 def writer_for(store: Store, spool: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Outbox:

@@ -98,7 +98,8 @@ def parse_personal_identity(raw: str, *, today: date | None = None) -> PersonalI
     """Check and normalise a personnummer or samordningsnummer (R-ID-1).
 
     Accepts ``YYYYMMDDNNNC``, ``YYYYMMDD-NNNC`` and the 10-digit forms ``YYMMDD-NNNC`` / ``YYMMDD+NNNC``
-    (``+`` once the person has turned 100; the century is taken relative to ``today``). Raises
+    (``+`` once the person has turned 100; the century is the one that puts the birth date on or before
+    ``today``, and a hundred years earlier for ``+``). Raises
     :class:`InvalidIdentifier` when the value is malformed, names an impossible date or fails the Luhn check.
     """
     if not isinstance(raw, str):
@@ -122,8 +123,8 @@ def parse_personal_identity(raw: str, *, today: date | None = None) -> PersonalI
     else:
         ref = today or date.today()
         year = (ref.year // 100) * 100 + int(yy)
-        if year > ref.year:
-            year -= 100
+        if (year, int(mm), day) > (ref.year, ref.month, ref.day):
+            year -= 100  # born on or before today: a later date this year was a hundred years ago
         if sep == "+":
             year -= 100
     if year < 1800:
@@ -162,6 +163,19 @@ def personal_number(system: str | None, value: str) -> str | None:
         return parse_personal_identity(value).value
     except InvalidIdentifier:
         return None
+
+
+_CENTURY_FORM = re.compile(r"\d{8}-?\d{4}")
+
+
+def stated_personal_number(system: str | None, value: str) -> str | None:
+    """``value`` as 12 digits when ``system`` says it is a personal identity number, it is written with its
+    century (``YYYYMMDDNNNC``, ``YYYYMMDD-NNNC``) and it passes the checks of R-ID-1; else None. The 10-digit
+    forms give None: their century depends on the day they are read (a hyphen means under 100 on that day), so
+    an index row or a search made from one on another day could name another person."""
+    if normalize_system(system) not in PERSONAL_SYSTEMS or not _CENTURY_FORM.fullmatch(value.strip()):
+        return None
+    return personal_number(system, value)
 
 
 def normalize_system(system: str | None) -> str | None:

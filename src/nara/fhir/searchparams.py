@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from nara.fhir.dates import MIN_DT, parse_range, period_range
-from nara.fhir.identifiers import personal_number
+from nara.fhir.identifiers import stated_personal_number
 from nara.fhir.pathexpr import Compiler, Evaluator, Node, UnsupportedExpression, reference_type, split_union
 from nara.fhir.pathexpr import parse as parse_expr
 from nara.fhir.spec import SearchParamDef, spec
@@ -112,10 +112,10 @@ def token_values(node: Node) -> list[TokenRow]:
         label = normalize(text) if isinstance(text, str) else None
         system, written = value.get("system"), value.get("value")
         rows = [(system, written, label)]
-        number = personal_number(system, written) if isinstance(written, str) else None
+        number = stated_personal_number(system, written) if isinstance(written, str) else None
         if number is not None and number != written:
-            # Also under its 12 digits, however it was written (YYYYMMDD-NNNC, YYMMDD-NNNC): a login, an
-            # identifier look-up or a search by the number finds the record (R-ID-1).
+            # Also under its 12 digits when written with a hyphen (YYYYMMDD-NNNC): a login, an identifier
+            # look-up or a search by the number finds the record (R-ID-1).
             rows.append((system, number, label))
         return rows
     if tname == "ContactPoint" and isinstance(value, dict):

@@ -197,17 +197,20 @@ def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int
     their writers are done with. Returns how many records were inserted.
 
     With a ``deadline`` (a ``time.monotonic()`` value; for a log reader's request), raises ``OutboxBacklog``
-    when it has passed and records still wait. Each file gets one batch before the deadline is looked at, so
-    every such drain makes progress; what it inserted stays inserted, and the next drain goes on from there."""
+    when it has passed and records still wait, before their batch, once this drain has inserted at least
+    ``DRAIN_BATCH`` records: every such drain makes that much progress, oldest files first, whatever else is
+    appended meanwhile (it may pass the deadline by about two batches); what it inserted stays inserted, and
+    the next drain goes on from there."""
     total = 0
+    done = _Progress()
     files = pending_files(directory, database_tag(engine))  # another database's files are not this one's
     for i, path in enumerate(files):
         try:
-            total += _drain_file(engine, path, deadline)
+            total += _drain_file(engine, path, deadline, done)
         except FileNotFoundError:
             continue  # drained and deleted by another drainer meanwhile
         except _PastDeadline:
-            raise OutboxBacklog(sum(_waiting(engine, p) for p in files[i:])) from None
+            raise OutboxBacklog(_waiting(engine, files[i:])) from None
         except Exception:
             # One file's trouble (its database write failed) must not keep the other files out of the log.
             log.exception("draining %s failed; the other files are drained, it is tried again next time", path)
@@ -218,19 +221,32 @@ class _PastDeadline(Exception):
     pass
 
 
-def _waiting(engine: Engine, path: Path) -> int:
-    """The bytes of ``path`` not yet drained (records, and a last one perhaps still being written)."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    with engine.connect() as conn:
-        drained = conn.execute(select(audit_outbox.c.drained).where(audit_outbox.c.file == path.name)).scalar()
-    return max(0, size - int(drained or 0))
+class _Progress:
+    """How many records one drain has taken so far (the deadline is looked at only after DRAIN_BATCH)."""
+
+    def __init__(self) -> None:
+        self.records = 0
 
 
-def _drain_file(engine: Engine, path: Path, deadline: float | None = None) -> int:
+def _waiting(engine: Engine, paths: list[Path]) -> int:
+    """About how many bytes of ``paths`` are not yet drained (their sizes, less what the log has of them)."""
+    sizes = {}
+    for path in paths:
+        with suppress(FileNotFoundError):
+            sizes[path.name] = path.stat().st_size
+    drained: dict[str, int] = {}
+    # An estimate for the message: when the database cannot say, the file sizes alone will do.
+    with suppress(DBAPIError), engine.connect() as conn:
+        found = conn.execute(
+            select(audit_outbox.c.file, audit_outbox.c.drained).where(audit_outbox.c.file.in_(sorted(sizes)))
+        )
+        drained = {name: int(n) for name, n in found}
+    return sum(max(0, size - int(drained.get(name) or 0)) for name, size in sizes.items())
+
+
+def _drain_file(engine: Engine, path: Path, deadline: float | None = None, done: _Progress | None = None) -> int:
     total = 0
+    done = done or _Progress()
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
         while True:
@@ -243,6 +259,8 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None = None) -> in
                     return total
                 f.seek(offset)
                 lines = _complete_lines(f, DRAIN_BATCH)
+                if lines and done.records >= DRAIN_BATCH and deadline is not None and time.monotonic() > deadline:
+                    raise _PastDeadline  # records wait, and the time is up (the transaction is rolled back)
                 parsed = [(line, _parse(line, path)) for line in lines]
                 rows = _insert(conn, path, [(line, row) for line, row in parsed if row is not None])
                 if lines:
@@ -252,10 +270,9 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None = None) -> in
                         .values(drained=offset + sum(len(line) for line in lines))
                     )
             total += len(rows)
+            done.records += len(lines)
             if len(lines) < DRAIN_BATCH:
                 break
-            if deadline is not None and time.monotonic() > deadline:
-                raise _PastDeadline  # more waits in this file
         if finished:
             rest = f.read()
             if rest:

@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.selectable import Alias
 
 from nara.fhir.dates import MAX_DT, MIN_DT, parse_range, utcnow
-from nara.fhir.identifiers import personal_number
+from nara.fhir.identifiers import stated_personal_number
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.pathexpr import parse as parse_expr
 from nara.fhir.query import (
@@ -421,9 +421,12 @@ class SqlCompiler:
             return t.c.code == unescape(raw)
         system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
         if system and code:
-            # A personal identity number in any written form is searched by its 12 digits, which the index
-            # holds for every valid number however it was stored (R-ID-1); an invalid one as written.
-            return and_(t.c.system == system, t.c.code == (personal_number(system, code) or code))
+            number = stated_personal_number(system, code)
+            if number is not None and number != code:
+                # YYYYMMDD-NNNC: also by its 12 digits, which the index holds for such a number however it was
+                # written (R-ID-1).
+                return and_(t.c.system == system, t.c.code.in_([code, number]))
+            return and_(t.c.system == system, t.c.code == code)
         if system:
             return t.c.system == system
         return and_(t.c.system.is_(None), t.c.code == code)

@@ -1,14 +1,15 @@
-"""search index: personal identity numbers also under their 12 digits, however they were written
+"""search index: personal identity numbers written with a hyphen also under their 12 digits
 
 Revision ID: 0104
 Revises: 0103
 Create Date: 2026-12-07 03:30:00
 
 An identifier under the personnummer or samordningsnummer system (URI or RIV OID) written as
-``YYYYMMDD-NNNC`` or ``YYMMDD-NNNC`` is now indexed twice: as written and as its 12 digits, so that a
-login, an identifier look-up or a search by the number finds the record (R-ID-1). This adds the second
-row for what is already stored; a number that fails the checks of R-ID-1 gets none. Downgrade removes
-nothing (the rows are what the index of each resource now holds).
+``YYYYMMDD-NNNC`` is now indexed twice: as written and as its 12 digits, so that a login, an identifier
+look-up or a search by the number finds the record (R-ID-1). This adds the second row for what is already
+stored. A number that fails the checks of R-ID-1, and the 10-digit forms (whose century depends on the day
+they are read), get none. The rows are streamed in batches (a register that writes hyphens has one a
+person). Downgrade removes nothing: the rows are what the index of each resource now holds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from nara.fhir.identifiers import PERSONAL_SYSTEMS, personal_number, written_systems
+from nara.fhir.identifiers import PERSONAL_SYSTEMS, stated_personal_number, written_systems
 
 revision = "0104"
 down_revision = "0103"
@@ -39,15 +40,14 @@ def upgrade() -> None:
         sa.column("text"),
     )
     systems = sorted(alias for system in PERSONAL_SYSTEMS for alias in written_systems(system))
-    # One pass over the index for numbers not written in 12 digits (few, in a register that normalises).
-    written = [
-        dict(r)
-        for r in conn.execute(
-            sa.select(token).where(token.c.system.in_(systems), sa.func.length(token.c.code) != 12)
-        ).mappings()
-    ]
-    for i in range(0, len(written), BATCH):
-        batch = written[i : i + BATCH]
+    # One pass over the index, streamed: only numbers not written in 12 digits can need a second row.
+    found = conn.execute(
+        sa.select(token)
+        .where(token.c.system.in_(systems), sa.func.length(token.c.code) != 12)
+        .execution_options(stream_results=True, yield_per=BATCH)  # this statement's, not the connection's
+    )
+    for part in found.mappings().partitions(BATCH):
+        batch = [dict(r) for r in part]
         present = {
             (r.rid, r.param, r.system, r.code)
             for r in conn.execute(
@@ -58,7 +58,7 @@ def upgrade() -> None:
         }
         added = []
         for r in batch:
-            number = personal_number(r["system"], r["code"]) if r["code"] else None
+            number = stated_personal_number(r["system"], r["code"]) if r["code"] else None
             key = (r["rid"], r["param"], r["system"], number)
             if number is None or number == r["code"] or key in present:
                 continue
