@@ -404,3 +404,39 @@ def test_export_then_import_reproduces_the_resources(backend: Backend, store: St
             back = tx.read(res["resourceType"], res["id"]).resource()
             assert back["meta"]["versionId"] == "2"
             assert {k: v for k, v in back.items() if k != "meta"} == {k: v for k, v in res.items() if k != "meta"}
+
+
+def test_audit_drain_takes_the_outbox_it_is_given_its_default_or_none_when_off(
+    backend: Backend, store: Store, tmp_path: Path
+) -> None:
+    """`nara audit drain` drains the directory `--outbox` (or NARA_AUDIT_OUTBOX) names, else `nara serve`'s
+    default under the directory it runs in; `off` (the setting that writes reads to the database) drains none."""
+    if backend.name != "postgres":
+        pytest.skip("the read-audit outbox is PostgreSQL's")
+    from nara.security import audit
+    from nara.security.actors import Actor
+    from nara.security.audit_outbox import Outbox, database_tag
+
+    spool = tmp_path / "var" / "audit-outbox"
+    writer = Outbox(spool, lambda: database_tag(store.engine))
+    actor = Actor(kind="system", subject="cli-test", client_id="cli-test", policy_off=True)
+    for i in range(3):
+        writer.append(
+            audit.AuditRecord("read", "permit", actor, "Patient", f"cli-{i}", "GET /Patient"), audit.now_utc()
+        )
+    writer.close()
+    url = ["--database-url", backend.url]
+    off = nara("audit", "drain", "--outbox", "OFF", *url)
+    assert off.returncode == 0 and "Drained 0 audit records" in off.stdout, off.stdout + off.stderr
+    assert list(spool.glob("*.audit"))
+    env = {k: v for k, v in os.environ.items() if k != "NARA_AUDIT_OUTBOX"}
+    env.update({"COLUMNS": "200", "NO_COLOR": "1"})
+    default = subprocess.run(
+        [sys.executable, "-m", "nara.cli", "audit", "drain", *url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert default.returncode == 0 and "Drained 3 audit records" in default.stdout, default.stdout + default.stderr
+    assert not list(spool.glob("*.audit"))

@@ -452,14 +452,15 @@ def _drain(engine: object, outbox: Path | None) -> int:
     """Drain this host's read-audit outbox into the log (nothing on SQLite, which has none)."""
     from sqlalchemy.engine import Engine
 
-    from nara.config import OUTBOX_DEFAULT
+    from nara.config import OUTBOX_DEFAULT, audit_outbox_dir
     from nara.security.audit_outbox import drain
     from nara.store.database import is_postgres
 
     assert isinstance(engine, Engine)
-    if not is_postgres(engine) or (outbox is not None and str(outbox).lower() == "off"):
+    directory = audit_outbox_dir(str(outbox) if outbox is not None else OUTBOX_DEFAULT)
+    if not is_postgres(engine) or directory is None:
         return 0
-    return drain(engine, (outbox or Path(OUTBOX_DEFAULT)).absolute())
+    return drain(engine, Path(directory))
 
 
 @audit_app.command("drain")

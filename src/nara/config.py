@@ -83,13 +83,13 @@ def _security_from_env() -> SecuritySettings:
 OUTBOX_DEFAULT = "var/audit-outbox"  # nara serve's outbox on PostgreSQL when NARA_AUDIT_OUTBOX is not set
 
 
-def audit_outbox_dir() -> str | None:
-    """The read-audit outbox's directory from NARA_AUDIT_OUTBOX: None when unset or ``off`` (every read's
-    record is then written to the database before the read answers)."""
-    raw = (os.environ.get("NARA_AUDIT_OUTBOX") or "").strip()
-    if not raw or raw.lower() == "off":
+def audit_outbox_dir(raw: str | None = None) -> str | None:
+    """The read-audit outbox's directory as an absolute path, from ``raw`` or else NARA_AUDIT_OUTBOX: None
+    when unset or ``off`` (every read's record is then written to the database before the read answers)."""
+    value = (raw if raw is not None else os.environ.get("NARA_AUDIT_OUTBOX") or "").strip()
+    if not value or value.lower() == "off":
         return None
-    return os.path.abspath(raw)
+    return os.path.abspath(value)
 
 
 def _env_bool(name: str, default: bool) -> bool:
