@@ -244,9 +244,8 @@ def _waiting(engine: Engine, paths: list[Path]) -> int:
     return sum(max(0, size - int(drained.get(name) or 0)) for name, size in sizes.items())
 
 
-def _drain_file(engine: Engine, path: Path, deadline: float | None = None, done: _Progress | None = None) -> int:
+def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progress) -> int:
     total = 0
-    done = done or _Progress()
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
         while True:
