@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from nara.security.audit_outbox import (
     pending_files,
 )
 from nara.security.gate import SecuritySettings
-from nara.security.schema import audit_access, audit_event, audit_outbox
+from nara.security.schema import audit_access, audit_event, audit_outbox, drop_guard_statements, install_guards
 from nara.server.app import create_app
 from nara.store.database import create_engine, drop_database, ensure_database
 from nara.store.migrate import upgrade
@@ -393,6 +394,7 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     second.close()
     assert drain(store.engine, spool) == 3
     assert logged_ids(store) == ["obs-1", "obs-3", "obs-4"]
+    assert audit.verify(store.engine).ok  # the chain went on from the last record that went in
     assert (spool / "rejected.lines").read_bytes() == refused + b"\n"
     assert stat.S_IMODE((spool / "rejected.lines").stat().st_mode) == 0o600
     assert pending_files(spool) == []
@@ -500,3 +502,113 @@ def test_a_drainer_takes_only_its_own_databases_files(pg: Backend, store: Store,
     finally:
         other.dispose()
         drop_database(other_url)
+
+
+def _unsealed(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(audit_event).where(audit_event.c.chain_seq.is_(None))
+            ).scalar_one()
+        )
+
+
+def test_r_log_2_a_drained_read_is_sealed_as_it_is_inserted_with_what_the_drain_looked_up(
+    region: Region, outbox_server: OutboxServer, store: Store
+) -> None:
+    """The drain chains its records in the insert (no second write of each row): the hash covers the protected
+    identity the drain looked up, and a tampered drained record is found by ``nara audit verify``."""
+    audit.seal_all(store.engine)  # the region's set-up
+    hidden = region.patients["hidden"]
+    with region.as_(region.staff["vc"].token()) as c:
+        assert c.get(f"Patient/{hidden}").status_code == 200
+        assert c.get(f"Patient/{region.patients['anna']}").status_code == 200
+        # A write between the reads: its record is written with the write, unsealed until the sealer comes.
+        assert c.post("Observation", json=observation(region.patients["anna"], "29463-7", 70.0)).status_code == 201
+    assert _unsealed(store) == 1
+    assert drain(store.engine, outbox_server.spool) >= 2
+    assert _unsealed(store) == 1  # the reads are sealed; the write waits for the sealer
+    (event,) = logged_reads(store, hidden)
+    assert event.chain_seq is not None and event.hash is not None
+    assert "protected-identity" in (event.flags or "")  # R-ID-3, looked up by the drain and hashed with it
+    report = audit.verify(store.engine)
+    assert report.ok and report.unsealed == 1 and report.checked == _count(store) - 1
+    assert audit.seal_all(store.engine) == 1  # the write's record goes on the chain after the drained reads
+    after = audit.verify(store.engine)
+    assert after.ok and after.checked == report.checked + 1
+    with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+        for stmt in drop_guard_statements("postgresql"):
+            conn.exec_driver_sql(stmt)
+        conn.execute(audit_access.update().where(audit_access.c.seq == event.seq).values(protected=False))
+        install_guards(conn, 1827)
+    tampered = audit.verify(store.engine)
+    assert not tampered.ok and tampered.first_bad_seq == event.seq
+
+
+def test_r_log_2_drainers_sealers_and_writes_at_once_leave_one_unbroken_chain(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool, max_file_bytes=20_000)
+    for i in range(600):
+        writer.append(_record(i), audit.now_utc())
+    writer.close()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def guarded(fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        return run
+
+    def writes() -> None:  # records written in their own transactions, as writes' are
+        for i in range(40):
+            with store.engine.begin() as conn:
+                audit.record(conn, _record(1000 + i))
+
+    def sealing() -> None:
+        while not stop.is_set():
+            audit.seal(store.engine)
+
+    threads = [threading.Thread(target=guarded(lambda: drain(store.engine, spool))) for _ in range(3)]
+    threads += [threading.Thread(target=guarded(writes)), threading.Thread(target=guarded(sealing))]
+    for t in threads:
+        t.start()
+    for t in threads[:-1]:
+        t.join()
+    stop.set()
+    threads[-1].join()
+    assert not errors
+    audit.seal_all(store.engine)
+    report = audit.verify(store.engine)
+    assert report.ok, report.problem
+    assert report.checked == 640 and report.unsealed == 0 and _count(store) == 640
+
+
+def test_a_line_whose_values_are_of_the_wrong_kind_is_kept_apart_and_not_chained(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    writer.append(_record(1), audit.now_utc())
+    good = audit.record_row(_record(2), audit.now_utc())
+    bad = [
+        # The database would take these and store other values than the line says: the chain would not verify.
+        {**good, "e": {**good["e"], "patient_count": "1"}},
+        {**good, "e": {**good["e"], "recorded_at": "2026-12-07T10:00:00+01:00"}},
+        {**good, "a": [{**good["a"][0], "protected": "false"}]},
+    ]
+    assert writer._fd is not None
+    lines = [orjson.dumps(row) + b"\n" for row in bad]
+    for line in lines:
+        os.write(writer._fd, line)
+    writer.append(_record(3), datetime(2026, 12, 7, 10, 0))  # a whole second: written without a fraction
+    writer.close()
+    assert drain(store.engine, spool) == 2
+    assert logged_ids(store) == ["obs-1", "obs-3"]
+    assert (spool / "rejected.lines").read_bytes() == b"".join(lines)
+    assert audit.verify(store.engine).ok

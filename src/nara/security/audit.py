@@ -46,6 +46,7 @@ from nara.store.memo import Memo
 
 GENESIS = "0" * 64
 SEAL_BATCH = 5000  # records chained per sealing transaction
+CHAIN_LOCK = 734131  # PostgreSQL advisory lock of the chain's head: one sealer (or sealing drainer) at a time
 
 
 @dataclass
@@ -339,7 +340,13 @@ def read_with_record(stmt: Select[Any], access_type: Any, assertion: Any) -> Sel
     )
 
 
-_MANY_TYPES = {"recorded_at": "timestamp", "patient_count": "int", "protected": "bool"}
+_MANY_TYPES = {
+    "recorded_at": "timestamp",
+    "patient_count": "int",
+    "protected": "bool",
+    "seq": "bigint",
+    "chain_seq": "bigint",
+}
 
 
 @cache
@@ -412,6 +419,122 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         ).all()
     )
     return [int(seqs[i]) for i in range(len(rows))]
+
+
+def sealed_row(row: Any) -> dict[str, Any]:
+    """A ``record_row`` value read back from the read-audit outbox, checked and typed as the log stores it (what
+    ``insert_sealed`` hashes must be exactly what the database keeps); ValueError when it is not a record.
+    Whether a value fits its column (length, NOT NULL) is left to the database, which refuses the record."""
+    e, given = (row.get("e"), row.get("a")) if isinstance(row, dict) else (None, None)
+    if not isinstance(e, dict) or not isinstance(given, list):
+        raise ValueError("not an audit record")
+    event: dict[str, Any] = {}
+    for c in _EVENT_COLUMNS:
+        v = e.get(c)
+        if c == "recorded_at":
+            v = datetime.fromisoformat(v) if isinstance(v, str) else None
+            if v is None or v.tzinfo is not None:  # the log keeps UTC without an offset
+                raise ValueError(f"recorded_at is not a time in UTC: {e.get(c)!r}")
+        elif c == "patient_count":
+            if type(v) is not int:
+                raise ValueError(f"patient_count is not a number: {v!r}")
+        elif v is not None and not isinstance(v, str):
+            raise ValueError(f"{c} is not text: {v!r}")
+        event[c] = v
+    accesses = []
+    for x in given:
+        if not isinstance(x, dict):
+            raise ValueError("an access is not an object")
+        access = {c: x.get(c) for c in _ACCESS_COLUMNS}
+        if not isinstance(access["protected"], bool) or any(
+            v is not None and not isinstance(v, str) for c, v in access.items() if c != "protected"
+        ):
+            raise ValueError(f"an access has values of the wrong kind: {x!r}")
+        accesses.append(access)
+    return {"e": event, "a": accesses}
+
+
+def chain_head(conn: Connection) -> tuple[int, str]:
+    """Take the chain's lock (PostgreSQL: held until the transaction ends; one sealer or sealing drainer at a
+    time) and read the chain's head: its last position and hash."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})")
+    return _head(conn)
+
+
+def _head(conn: Connection) -> tuple[int, str]:
+    head = conn.execute(
+        select(audit_event.c.chain_seq, audit_event.c.hash)
+        .where(audit_event.c.chain_seq.is_not(None))
+        .order_by(audit_event.c.chain_seq.desc())
+        .limit(1)
+    ).first()
+    return (int(head.chain_seq), str(head.hash)) if head else (0, GENESIS)
+
+
+def insert_sealed(conn: Connection, rows: list[dict[str, Any]], head: tuple[int, str]) -> tuple[int, str]:
+    """PostgreSQL: insert audit records given as ``sealed_row`` values in one statement, already chained after
+    ``head`` (from ``chain_head``, whose lock the caller holds); returns the new head.
+
+    The read-audit outbox's drain inserts its records this way: they are sealed as they are written, so a read's
+    record is written once (sealing afterwards rewrites every row and leaves a dead tuple behind), and the
+    window in which a record is protected by the triggers only closes for reads. Protected identity (R-ID-3)
+    is looked up first, because the hash covers it; the records' seqs are drawn first for the same reason.
+    """
+    if conn.dialect.name != "postgresql":
+        raise ValueError("insert_sealed is the PostgreSQL statement; use record() elsewhere")
+    patients = sorted({x["patient_id"] for row in rows for x in row["a"]})
+    drawn, protected_ids = conn.exec_driver_sql(_DRAW_SQL, {"n": len(rows), "patients": patients}).one()
+    protected = set(protected_ids)
+    position, prev = head
+    events: list[dict[str, Any]] = []
+    accesses: list[dict[str, Any]] = []
+    for seq, row in zip(sorted(drawn), rows, strict=True):
+        acc = [{**x, "protected": x["protected"] or x["patient_id"] in protected} for x in row["a"]]
+        event = dict(row["e"])
+        if any(x["protected"] for x in acc) and "protected-identity" not in (event["flags"] or ""):
+            event["flags"] = ",".join(f for f in (event["flags"], "protected-identity") if f)
+        event["seq"] = seq
+        position += 1
+        digest = chain_hash(prev, _Values(event), [_Values(x) for x in acc])
+        events.append({**event, "chain_seq": position, "prev_hash": prev, "hash": digest})
+        accesses.extend({**x, "seq": seq, "recorded_at": event["recorded_at"]} for x in acc)
+        prev = digest
+    conn.exec_driver_sql(
+        _sealed_many_sql(), {"events": orjson.dumps(events).decode(), "accesses": orjson.dumps(accesses).decode()}
+    )
+    return position, prev
+
+
+class _Values:
+    """A record's values by attribute, as ``chain_hash`` reads a row."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+_DRAW_SQL = (
+    "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('audit_event', 'seq')) FROM generate_series(1, %(n)s)), "
+    "ARRAY(SELECT DISTINCT patient_id FROM pdl_rule "
+    "WHERE kind = 'protected' AND patient_id = ANY(%(patients)s::text[]))"
+)
+
+
+@cache
+def _sealed_many_sql() -> str:
+    """PostgreSQL: records with their seqs and chain columns in one statement, as two JSON documents."""
+
+    def columns(names: tuple[str, ...]) -> str:
+        return ", ".join(f"{c} {_MANY_TYPES.get(c, 'text')}" for c in names)
+
+    event_cols = ("seq", *_EVENT_COLUMNS, "chain_seq", "prev_hash", "hash")
+    access_cols = ("seq", "recorded_at", *_ACCESS_COLUMNS)
+    return (
+        f"WITH ev AS (INSERT INTO audit_event ({', '.join(event_cols)}) SELECT {', '.join(event_cols)} "
+        f"FROM json_to_recordset(%(events)s::json) AS u({columns(event_cols)})) "
+        f"INSERT INTO audit_access ({', '.join(access_cols)}) SELECT {', '.join(access_cols)} "
+        f"FROM json_to_recordset(%(accesses)s::json) AS v({columns(access_cols)})"
+    )
 
 
 # ---- hash chain -------------------------------------------------------------------------------
@@ -500,17 +623,12 @@ def seal(engine: Engine, limit: int = SEAL_BATCH, wait: bool = False) -> int:
     if pending is None:
         return 0
     with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
-        if pg and wait:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(734131)")
-        elif pg and not conn.exec_driver_sql("SELECT pg_try_advisory_xact_lock(734131)").scalar():
+        if wait:
+            chain_seq, prev = chain_head(conn)
+        elif pg and not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({CHAIN_LOCK})").scalar():
             return 0
-        head = conn.execute(
-            select(audit_event.c.chain_seq, audit_event.c.hash)
-            .where(audit_event.c.chain_seq.is_not(None))
-            .order_by(audit_event.c.chain_seq.desc())
-            .limit(1)
-        ).first()
-        chain_seq, prev = (head.chain_seq, head.hash) if head else (0, GENESIS)
+        else:
+            chain_seq, prev = _head(conn)
         rows = conn.execute(
             select(audit_event).where(audit_event.c.chain_seq.is_(None)).order_by(audit_event.c.seq).limit(limit)
         ).all()

@@ -23,8 +23,10 @@ Files and their life:
   unlocked file that a writer is about to use. It starts a new file past ``MAX_FILE_BYTES``.
 - A drainer reads a file from the byte offset recorded for it in ``audit_outbox`` (same transaction as the
   insert of the records it read: each record is inserted exactly once, also with several drainers), up
-  to the last complete line. A file whose lock it can take is finished (its writer moved on or died): once
-  drained to its end it is deleted. An incomplete last line of a finished file was never acknowledged
+  to the last complete line. It chains the records into the hash chain as it inserts them (holding the
+  chain's lock for its transaction), so that a read's record is written once and never lies unsealed. A
+  file whose lock it can take is finished (its writer moved on or died): once drained to its end it is
+  deleted. An incomplete last line of a finished file was never acknowledged
   (the writer died inside ``write``) and is dropped with a warning.
 - Log readers on the same host (``$log-extract``, ``AuditEvent``, ``$log-review``) drain first, so that a
   patient sees an access made a moment ago. On another host the log shows it after that host's next drain
@@ -56,7 +58,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from nara.security.audit import AuditRecord, insert_rows, record_row
+from nara.security.audit import AuditRecord, chain_head, insert_sealed, record_row, sealed_row
 from nara.security.schema import audit_outbox
 
 log = logging.getLogger("nara.security.audit_outbox")
@@ -284,13 +286,15 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
 
 
 def _insert(conn: Connection, path: Path, records: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Insert the records in one statement; when that fails, one by one, each in a savepoint, and keep a record
-    that cannot be inserted in ``REJECTED`` (logged as an error) rather than let it stop every later record."""
+    """Insert the records in one statement, sealed into the chain as they are inserted (the chain's lock is
+    held until the transaction ends); when that fails, one by one, each in a savepoint, and keep a record that
+    cannot be inserted in ``REJECTED`` (logged as an error) rather than let it stop every later record."""
     if not records:
         return []
+    head = chain_head(conn)
     try:
         with conn.begin_nested():
-            insert_rows(conn, [row for _, row in records])
+            insert_sealed(conn, [row for _, row in records], head)
         return [row for _, row in records]
     except DBAPIError:
         if len(records) == 1:
@@ -300,7 +304,8 @@ def _insert(conn: Connection, path: Path, records: list[tuple[bytes, dict[str, A
     for line, row in records:
         try:
             with conn.begin_nested():
-                insert_rows(conn, [row])
+                after = insert_sealed(conn, [row], head)
+            head = after  # the chain goes on from a record only once it is in
             inserted.append(row)
         except DBAPIError:
             _reject(path, line, "the database refused it")
@@ -332,10 +337,8 @@ def _complete_lines(f: BinaryIO, limit: int) -> list[bytes]:
 
 def _parse(line: bytes, path: Path) -> dict[str, Any] | None:
     try:
-        row = orjson.loads(line)
-        if isinstance(row, dict) and isinstance(row.get("e"), dict) and isinstance(row.get("a"), list):
-            return row
-    except orjson.JSONDecodeError:
+        return sealed_row(orjson.loads(line))  # typed as stored: the chain's hash is made from these values
+    except ValueError:  # orjson.JSONDecodeError is one
         pass
     # Not a record this module wrote (the file was changed): kept for the operator, not lost, not inserted.
     _reject(path, line, "not an audit record")

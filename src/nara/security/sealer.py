@@ -1,5 +1,6 @@
 """The audit sealer: every few seconds it chains the audit records written since (``audit.seal``), and
-several times a second it drains this host's read-audit outbox into the log (``audit_outbox.drain``).
+several times a second it drains this host's read-audit outbox into the log (``audit_outbox.drain``, which
+chains what it drains itself).
 
 It runs as a thread beside the app (the default, e.g. under a plain ``uvicorn nara.server.asgi:app``) or,
 under ``nara serve``, as a process of its own: one sealer for all workers, whose hashing takes none of the
