@@ -454,15 +454,15 @@ def sealed_row(row: Any) -> dict[str, Any]:
     return {"e": event, "a": accesses}
 
 
-def chain_head(conn: Connection) -> tuple[int, str]:
+def lock_chain(conn: Connection) -> None:
     """Take the chain's lock (PostgreSQL: held until the transaction ends; one sealer or sealing drainer at a
-    time) and read the chain's head: its last position and hash."""
+    time). Read the head in a later statement: a statement's snapshot is taken before it waits for the lock."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})")
-    return _head(conn)
 
 
-def _head(conn: Connection) -> tuple[int, str]:
+def chain_head(conn: Connection) -> tuple[int, str]:
+    """The chain's head, its last position and hash (the caller holds the chain's lock)."""
     head = conn.execute(
         select(audit_event.c.chain_seq, audit_event.c.hash)
         .where(audit_event.c.chain_seq.is_not(None))
@@ -472,9 +472,10 @@ def _head(conn: Connection) -> tuple[int, str]:
     return (int(head.chain_seq), str(head.hash)) if head else (0, GENESIS)
 
 
-def insert_sealed(conn: Connection, rows: list[dict[str, Any]], head: tuple[int, str]) -> tuple[int, str]:
+def insert_sealed(conn: Connection, rows: list[dict[str, Any]], head: tuple[int, str] | None = None) -> tuple[int, str]:
     """PostgreSQL: insert audit records given as ``sealed_row`` values in one statement, already chained after
-    ``head`` (from ``chain_head``, whose lock the caller holds); returns the new head.
+    ``head`` (read with the seqs when not given; the caller holds the chain's lock, ``lock_chain``); returns
+    the new head.
 
     The read-audit outbox's drain inserts its records this way: they are sealed as they are written, so a read's
     record is written once (sealing afterwards rewrites every row and leaves a dead tuple behind), and the
@@ -484,9 +485,11 @@ def insert_sealed(conn: Connection, rows: list[dict[str, Any]], head: tuple[int,
     if conn.dialect.name != "postgresql":
         raise ValueError("insert_sealed is the PostgreSQL statement; use record() elsewhere")
     patients = sorted({x["patient_id"] for row in rows for x in row["a"]})
-    drawn, protected_ids = conn.exec_driver_sql(_DRAW_SQL, {"n": len(rows), "patients": patients}).one()
+    drawn, protected_ids, last, last_hash = conn.exec_driver_sql(
+        _DRAW_SQL, {"n": len(rows), "patients": patients}
+    ).one()
     protected = set(protected_ids)
-    position, prev = head
+    position, prev = head if head is not None else (int(last or 0), str(last_hash or GENESIS))
     events: list[dict[str, Any]] = []
     accesses: list[dict[str, Any]] = []
     for seq, row in zip(sorted(drawn), rows, strict=True):
@@ -513,10 +516,13 @@ class _Values:
         self.__dict__.update(values)
 
 
+# The records' seqs, which of their patients have protected identity, and the chain's head: one round trip.
 _DRAW_SQL = (
     "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('audit_event', 'seq')) FROM generate_series(1, %(n)s)), "
     "ARRAY(SELECT DISTINCT patient_id FROM pdl_rule "
-    "WHERE kind = 'protected' AND patient_id = ANY(%(patients)s::text[]))"
+    "WHERE kind = 'protected' AND patient_id = ANY(%(patients)s::text[])), head.chain_seq, head.hash "
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT chain_seq, hash FROM audit_event WHERE chain_seq IS NOT NULL "
+    "ORDER BY chain_seq DESC LIMIT 1) AS head ON true"
 )
 
 
@@ -624,11 +630,10 @@ def seal(engine: Engine, limit: int = SEAL_BATCH, wait: bool = False) -> int:
         return 0
     with engine.connect().execution_options(nara_write=True) as conn, conn.begin():
         if wait:
-            chain_seq, prev = chain_head(conn)
+            lock_chain(conn)
         elif pg and not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({CHAIN_LOCK})").scalar():
             return 0
-        else:
-            chain_seq, prev = _head(conn)
+        chain_seq, prev = chain_head(conn)
         rows = conn.execute(
             select(audit_event).where(audit_event.c.chain_seq.is_(None)).order_by(audit_event.c.seq).limit(limit)
         ).all()

@@ -58,7 +58,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from nara.security.audit import AuditRecord, chain_head, insert_sealed, record_row, sealed_row
+from nara.security.audit import AuditRecord, insert_sealed, lock_chain, record_row, sealed_row
 from nara.security.schema import audit_outbox
 
 log = logging.getLogger("nara.security.audit_outbox")
@@ -248,28 +248,35 @@ def _waiting(engine: Engine, paths: list[Path]) -> int:
 
 def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progress) -> int:
     total = 0
+    one_by_one = False  # after the database refused a batch: its records go in one at a time
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
         while True:
-            with engine.connect() as conn, conn.begin() as txn:
-                offset = _locked_offset(conn, path.name)  # one drainer at a time per file
-                if offset is None or not path.exists():
-                    # Another drainer finished the file and removed it (and its row) while this one waited:
-                    # a new row would start it again from its first record.
-                    txn.rollback()
-                    return total
-                f.seek(offset)
-                lines = _complete_lines(f, DRAIN_BATCH)
-                if lines and done.records >= DRAIN_BATCH and deadline is not None and time.monotonic() > deadline:
-                    raise _PastDeadline  # records wait, and the time is up (the transaction is rolled back)
-                parsed = [(line, _parse(line, path)) for line in lines]
-                rows = _insert(conn, path, [(line, row) for line, row in parsed if row is not None])
-                if lines:
-                    conn.execute(
-                        update(audit_outbox)
-                        .where(audit_outbox.c.file == path.name)
-                        .values(drained=offset + sum(len(line) for line in lines))
-                    )
+            try:
+                with engine.connect() as conn, conn.begin() as txn:
+                    offset = _locked_offset(conn, path)  # one drainer at a time per file
+                    if offset is None:
+                        # Another drainer finished the file and removed it (and its row) while this one waited:
+                        # a new row would start it again from its first record.
+                        txn.rollback()
+                        return total
+                    f.seek(offset)
+                    lines = _complete_lines(f, DRAIN_BATCH)
+                    if lines and done.records >= DRAIN_BATCH and deadline is not None and time.monotonic() > deadline:
+                        raise _PastDeadline  # records wait, and the time is up (the transaction is rolled back)
+                    parsed = [(line, _parse(line, path)) for line in lines]
+                    records = [(line, row) for line, row in parsed if row is not None]
+                    rows = _insert_one_by_one(conn, path, records) if one_by_one else _insert(conn, records)
+                    if lines:
+                        conn.execute(
+                            update(audit_outbox)
+                            .where(audit_outbox.c.file == path.name)
+                            .values(drained=offset + sum(len(line) for line in lines))
+                        )
+            except _BatchRefused:
+                one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
+                continue
+            one_by_one = False
             total += len(rows)
             done.records += len(lines)
             if len(lines) < DRAIN_BATCH:
@@ -285,21 +292,34 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
     return total
 
 
-def _insert(conn: Connection, path: Path, records: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
+class _BatchRefused(Exception):
+    pass
+
+
+def _insert(conn: Connection, records: list[tuple[bytes, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Insert the records in one statement, sealed into the chain as they are inserted (the chain's lock is
-    held until the transaction ends); when that fails, one by one, each in a savepoint, and keep a record that
-    cannot be inserted in ``REJECTED`` (logged as an error) rather than let it stop every later record."""
+    held until the transaction ends). When the database refuses it, ``_BatchRefused``: the transaction is
+    rolled back and the batch is drained again by ``_insert_one_by_one`` (no savepoint in the common case:
+    it would cost two more round trips a drain)."""
     if not records:
         return []
-    head = chain_head(conn)
+    lock_chain(conn)
     try:
-        with conn.begin_nested():
-            insert_sealed(conn, [row for _, row in records], head)
-        return [row for _, row in records]
+        insert_sealed(conn, [row for _, row in records])
     except DBAPIError:
-        if len(records) == 1:
-            _reject(path, records[0][0], "the database refused it")
-            return []
+        raise _BatchRefused from None
+    return [row for _, row in records]
+
+
+def _insert_one_by_one(
+    conn: Connection, path: Path, records: list[tuple[bytes, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Insert the records one by one, each in a savepoint, and keep a record that cannot be inserted in
+    ``REJECTED`` (logged as an error) rather than let it stop every later record."""
+    if not records:
+        return []
+    lock_chain(conn)
+    head = None
     inserted = []
     for line, row in records:
         try:
@@ -354,11 +374,12 @@ def _finished(fd: int) -> bool:
     return True
 
 
-def _locked_offset(conn: Connection, name: str) -> int | None:
-    """How far ``name`` has been drained, its row locked until the transaction ends (created at 0); None when
-    the row went while this drainer waited for it (another drainer finished the file)."""
-    conn.execute(pg_insert(audit_outbox).values(file=name, drained=0).on_conflict_do_nothing())
-    value = conn.execute(
-        select(audit_outbox.c.drained).where(audit_outbox.c.file == name).with_for_update()
-    ).scalar_one_or_none()
-    return None if value is None else int(value)
+def _locked_offset(conn: Connection, path: Path) -> int | None:
+    """How far ``path`` has been drained, its row locked until the transaction ends (created at 0); None when
+    the file is gone (another drainer finished it while this one waited for its row)."""
+    locked = select(audit_outbox.c.drained).where(audit_outbox.c.file == path.name).with_for_update()
+    value = conn.execute(locked).scalar_one_or_none()
+    if value is None and path.exists():  # a new file: its row first (one statement a drain otherwise)
+        conn.execute(pg_insert(audit_outbox).values(file=path.name, drained=0).on_conflict_do_nothing())
+        value = conn.execute(locked).scalar_one_or_none()
+    return None if value is None or not path.exists() else int(value)
