@@ -384,9 +384,13 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     spool = tmp_path / "spool"
     first = writer_for(store, spool)
     first.append(_record(1), audit.now_utc())
-    refused = orjson.dumps({"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "action": None}, "a": []})
+    # A record the database refuses (PostgreSQL text cannot hold a NUL; a worker's own records never have one)
+    # and, in the same batch, a line that is no record: each is kept once, though the batch is drained twice.
+    refused = orjson.dumps(
+        {"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "user_name": "a\x00b"}, "a": []}
+    )
     assert first._fd is not None
-    os.write(first._fd, refused + b"\n")  # valid JSON the database refuses (no action): not a line we write
+    os.write(first._fd, refused + b"\n" + b"not a record\n")
     first.append(_record(3), audit.now_utc())
     first.close()
     second = writer_for(store, spool)  # another worker's, later file
@@ -395,7 +399,7 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     assert drain(store.engine, spool) == 3
     assert logged_ids(store) == ["obs-1", "obs-3", "obs-4"]
     assert audit.verify(store.engine).ok  # the chain went on from the last record that went in
-    assert (spool / "rejected.lines").read_bytes() == refused + b"\n"
+    assert (spool / "rejected.lines").read_bytes() == b"not a record\n" + refused + b"\n"
     assert stat.S_IMODE((spool / "rejected.lines").stat().st_mode) == 0o600
     assert pending_files(spool) == []
 
@@ -601,6 +605,11 @@ def test_a_line_whose_values_are_of_the_wrong_kind_is_kept_apart_and_not_chained
         {**good, "e": {**good["e"], "patient_count": "1"}},
         {**good, "e": {**good["e"], "recorded_at": "2026-12-07T10:00:00+01:00"}},
         {**good, "a": [{**good["a"][0], "protected": "false"}]},
+        # Spaces past a varchar's length are cut by PostgreSQL, not refused: stored otherwise than hashed.
+        {**good, "e": {**good["e"], "user_id": "u" * 64 + "   "}},
+        {**good, "a": [{**good["a"][0], "access_type": "system" + " " * 20}]},
+        # A value a NOT NULL column needs (the database would refuse it; here it would not even sort).
+        {**good, "a": [{**good["a"][0], "patient_id": None}]},
     ]
     assert writer._fd is not None
     lines = [orjson.dumps(row) + b"\n" for row in bad]
@@ -612,3 +621,33 @@ def test_a_line_whose_values_are_of_the_wrong_kind_is_kept_apart_and_not_chained
     assert logged_ids(store) == ["obs-1", "obs-3"]
     assert (spool / "rejected.lines").read_bytes() == b"".join(lines)
     assert audit.verify(store.engine).ok
+
+
+def test_a_database_error_that_is_not_about_a_record_rejects_nothing_and_the_next_drain_takes_all(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """Only a record the database refuses for its data is kept apart; a failure of the database itself (here a
+    serialization failure raised by a trigger for one record) rolls the drain back, and nothing is lost."""
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    for i in (1, 2, 3):
+        writer.append(_record(i), audit.now_utc())
+    writer.close()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION nara_test_fail() RETURNS trigger AS $$ BEGIN IF NEW.resource_id = 'obs-2' THEN "
+            "RAISE EXCEPTION 'try again' USING ERRCODE = '40001'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER nara_test_fail BEFORE INSERT ON audit_event FOR EACH ROW EXECUTE FUNCTION nara_test_fail()"
+        )
+    try:
+        assert drain(store.engine, spool) == 0  # the batch, then obs-2 alone, failed: logged, nothing kept apart
+        assert _count(store) == 0 and not (spool / "rejected.lines").exists()
+    finally:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER nara_test_fail ON audit_event")
+            conn.exec_driver_sql("DROP FUNCTION nara_test_fail()")
+    assert drain(store.engine, spool) == 3
+    assert logged_ids(store) == ["obs-1", "obs-2", "obs-3"] and audit.verify(store.engine).ok
+    assert pending_files(spool) == [] and not (spool / "rejected.lines").exists()

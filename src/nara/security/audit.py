@@ -21,8 +21,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Connection,
+    DateTime,
+    Integer,
     Select,
     String,
     and_,
@@ -423,35 +426,42 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
 
 def sealed_row(row: Any) -> dict[str, Any]:
     """A ``record_row`` value read back from the read-audit outbox, checked and typed as the log stores it (what
-    ``insert_sealed`` hashes must be exactly what the database keeps); ValueError when it is not a record.
-    Whether a value fits its column (length, NOT NULL) is left to the database, which refuses the record."""
+    ``insert_sealed`` hashes must be exactly what the database keeps); ValueError when it is not a record, or
+    when a value does not fit its column (PostgreSQL would refuse it, or store it otherwise: a ``varchar``
+    cuts spaces past its length instead of refusing them)."""
     e, given = (row.get("e"), row.get("a")) if isinstance(row, dict) else (None, None)
     if not isinstance(e, dict) or not isinstance(given, list):
         raise ValueError("not an audit record")
-    event: dict[str, Any] = {}
-    for c in _EVENT_COLUMNS:
-        v = e.get(c)
-        if c == "recorded_at":
-            v = datetime.fromisoformat(v) if isinstance(v, str) else None
-            if v is None or v.tzinfo is not None:  # the log keeps UTC without an offset
-                raise ValueError(f"recorded_at is not a time in UTC: {e.get(c)!r}")
-        elif c == "patient_count":
-            if type(v) is not int:
-                raise ValueError(f"patient_count is not a number: {v!r}")
-        elif v is not None and not isinstance(v, str):
-            raise ValueError(f"{c} is not text: {v!r}")
-        event[c] = v
+    event = {c: _stored(audit_event.c[c], e.get(c)) for c in _EVENT_COLUMNS}
     accesses = []
     for x in given:
         if not isinstance(x, dict):
             raise ValueError("an access is not an object")
-        access = {c: x.get(c) for c in _ACCESS_COLUMNS}
-        if not isinstance(access["protected"], bool) or any(
-            v is not None and not isinstance(v, str) for c, v in access.items() if c != "protected"
-        ):
-            raise ValueError(f"an access has values of the wrong kind: {x!r}")
-        accesses.append(access)
+        accesses.append({c: _stored(audit_access.c[c], x.get(c)) for c in _ACCESS_COLUMNS})
     return {"e": event, "a": accesses}
+
+
+def _stored(column: Any, value: Any) -> Any:
+    """``value`` (from JSON) as ``column`` stores it; ValueError when the column would not store it as it is."""
+    kind = column.type
+    if value is None:
+        if not column.nullable:
+            raise ValueError(f"{column.name} is missing")
+        return None
+    if isinstance(kind, DateTime):
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+        if when is None or when.tzinfo is not None:  # the log keeps UTC without an offset
+            raise ValueError(f"{column.name} is not a time in UTC: {value!r}")
+        return when
+    if isinstance(kind, Boolean):
+        ok = type(value) is bool
+    elif isinstance(kind, Integer):  # BigInteger too
+        ok = type(value) is int
+    else:  # String and Text
+        ok = isinstance(value, str) and (kind.length is None or len(value) <= kind.length)
+    if not ok:
+        raise ValueError(f"{column.name} cannot hold {value!r}")
+    return value
 
 
 def lock_chain(conn: Connection) -> None:

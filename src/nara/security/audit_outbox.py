@@ -56,7 +56,7 @@ import orjson
 from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from nara.security.audit import AuditRecord, insert_sealed, lock_chain, record_row, sealed_row
 from nara.security.schema import audit_outbox
@@ -252,6 +252,7 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
         while True:
+            rejected: list[tuple[bytes, str]] = []  # kept for the operator once the transaction has committed
             try:
                 with engine.connect() as conn, conn.begin() as txn:
                     offset = _locked_offset(conn, path)  # one drainer at a time per file
@@ -264,9 +265,9 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
                     lines = _complete_lines(f, DRAIN_BATCH)
                     if lines and done.records >= DRAIN_BATCH and deadline is not None and time.monotonic() > deadline:
                         raise _PastDeadline  # records wait, and the time is up (the transaction is rolled back)
-                    parsed = [(line, _parse(line, path)) for line in lines]
+                    parsed = [(line, _parse(line, rejected)) for line in lines]
                     records = [(line, row) for line, row in parsed if row is not None]
-                    rows = _insert_one_by_one(conn, path, records) if one_by_one else _insert(conn, records)
+                    rows = _insert_one_by_one(conn, records, rejected) if one_by_one else _insert(conn, records)
                     if lines:
                         conn.execute(
                             update(audit_outbox)
@@ -276,6 +277,8 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
             except _BatchRefused:
                 one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
                 continue
+            for line, why in rejected:
+                _reject(path, line, why)
             one_by_one = False
             total += len(rows)
             done.records += len(lines)
@@ -312,10 +315,11 @@ def _insert(conn: Connection, records: list[tuple[bytes, dict[str, Any]]]) -> li
 
 
 def _insert_one_by_one(
-    conn: Connection, path: Path, records: list[tuple[bytes, dict[str, Any]]]
+    conn: Connection, records: list[tuple[bytes, dict[str, Any]]], rejected: list[tuple[bytes, str]]
 ) -> list[dict[str, Any]]:
-    """Insert the records one by one, each in a savepoint, and keep a record that cannot be inserted in
-    ``REJECTED`` (logged as an error) rather than let it stop every later record."""
+    """Insert the records one by one, each in a savepoint; a record the database refuses (its data: class 22
+    or 23) goes to ``rejected`` rather than stop every later record. Any other error (a lost connection, a
+    read-only database) ends the drain: the transaction is rolled back and the next drain tries again."""
     if not records:
         return []
     lock_chain(conn)
@@ -327,8 +331,8 @@ def _insert_one_by_one(
                 after = insert_sealed(conn, [row], head)
             head = after  # the chain goes on from a record only once it is in
             inserted.append(row)
-        except DBAPIError:
-            _reject(path, line, "the database refused it")
+        except (DataError, IntegrityError):
+            rejected.append((line, "the database refused it"))
     return inserted
 
 
@@ -355,13 +359,13 @@ def _complete_lines(f: BinaryIO, limit: int) -> list[bytes]:
     return lines
 
 
-def _parse(line: bytes, path: Path) -> dict[str, Any] | None:
+def _parse(line: bytes, rejected: list[tuple[bytes, str]]) -> dict[str, Any] | None:
     try:
         return sealed_row(orjson.loads(line))  # typed as stored: the chain's hash is made from these values
     except ValueError:  # orjson.JSONDecodeError is one
         pass
     # Not a record this module wrote (the file was changed): kept for the operator, not lost, not inserted.
-    _reject(path, line, "not an audit record")
+    rejected.append((line, "not an audit record"))
     return None
 
 
