@@ -550,7 +550,20 @@ def audit_chain_lines(chain: dict[str, Any] | None) -> list[str]:
         f"Audit hash chain (no goal; {chain['records_per_repetition']:,} new records per repetition, sealed on a "
         f"database of their own): sealing takes {chain['seal_ms_per_record']:.3f} ms a record"
         + (f", of which PostgreSQL's CPU {db_cpu:.3f} ms" if db_cpu is not None else "")
-        + f"; `nara audit verify` walks {chain['verify_records_per_s']:,} records a second.",
+        + f"; `nara audit verify` walks {chain['verify_records_per_s']:,} records a second."
+        + (
+            f" Reads' records are chained by the outbox's drain as it inserts them: drained "
+            f"{chain['drain_batch']} at a time, a record costs {chain['drain_ms_per_record']:.3f} ms, of which "
+            f"the drainer's CPU {chain['drain_cpu_ms_per_record']:.3f} ms"
+            + (
+                f" and PostgreSQL's {chain['drain_db_cpu_ms_per_record']:.3f} ms"
+                if chain.get("drain_db_cpu_ms_per_record") is not None
+                else ""
+            )
+            + "."
+            if chain.get("drain_ms_per_record") is not None
+            else ""
+        ),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -1108,8 +1109,9 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
     """Sealing and verifying the audit hash chain on a database of its own (no server's sealer in the way).
 
     Each repetition writes a backlog of unsealed records as requests write them (one event and one access row
-    each, realistic field lengths), then times ``audit.seal`` until the backlog is chained, as the sealer does,
-    and ``audit.verify`` (``nara audit verify``) over the whole chain so far."""
+    each, realistic field lengths), then times ``audit.seal`` until the backlog is chained, as the sealer does;
+    then the read-audit outbox's drain, which chains reads' records as it inserts them (``outbox_drain``); and
+    ``audit.verify`` (``nara audit verify``) over the whole chain so far."""
     import psycopg
 
     from nara.security import audit
@@ -1123,6 +1125,7 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
     try:
         upgrade(engine)
         sealing: list[dict[str, Any]] = []
+        draining: list[dict[str, Any]] = []
         verifying: list[dict[str, Any]] = []
         for _ in range(reps):
             with psycopg.connect(url, autocommit=True) as conn:
@@ -1158,6 +1161,7 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
                     ),
                 }
             )
+            draining.append(outbox_drain(engine, per_rep))
             t0 = time.perf_counter()
             report = audit.verify(engine)
             seconds = time.perf_counter() - t0
@@ -1172,6 +1176,14 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
         "seal_ms_per_record": round(statistics.median(1000 / x["throughput"] for x in sealing), 4),
         "seal_db_cpu_ms_per_record": round(statistics.median(db_cpu), 4) if db_cpu else None,
         "verify_records_per_s": round(statistics.median(x["throughput"] for x in verifying)),
+        "drain_batch": OUTBOX_DRAIN_RECORDS,
+        "drain_ms_per_record": round(statistics.median(1000 / x["throughput"] for x in draining), 4),
+        "drain_cpu_ms_per_record": round(statistics.median(x["cpu_ms_per_record"] for x in draining), 4),
+        "drain_db_cpu_ms_per_record": (
+            round(statistics.median(x["db_cpu_ms_per_record"] for x in draining), 4)
+            if all(x.get("db_cpu_ms_per_record") is not None for x in draining)
+            else None
+        ),
     }
     size = f"{per_rep:,} new records per repetition, one access row each"
     where = "bench/scenarios.py audit_chain, in the benchmark's process"
@@ -1184,6 +1196,14 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
         data_size=size,
     )
     sc.add(
+        f"audit outbox drain, chained as inserted ({OUTBOX_DRAIN_RECORDS} records a drain), {per_rep:,} records",
+        draining,
+        f"audit_outbox.drain(engine, spool) after every {OUTBOX_DRAIN_RECORDS} Outbox.append ({where})",
+        unit="records/s",
+        params={"kind": "audit-outbox-drain", "records": per_rep, "per_drain": OUTBOX_DRAIN_RECORDS},
+        data_size=f"{per_rep:,} staff reads' records, one access row each",
+    )
+    sc.add(
         "audit chain verification (audit.verify, as nara audit verify)",
         verifying,
         f"audit.verify(engine) ({where})",
@@ -1191,6 +1211,59 @@ def audit_chain(sc: Any, long: bool, reps: int) -> None:
         params={"kind": "audit-verify"},
         data_size=f"the whole chain: {per_rep:,} to {per_rep * reps:,} records",
     )
+
+
+# A drain every 0.2 s (NARA_AUDIT_DRAIN_SECONDS) at 1,000 reads a second: what nara serve's sealer takes at once.
+OUTBOX_DRAIN_RECORDS = 200
+
+
+def outbox_drain(engine: Any, records: int) -> dict[str, Any]:
+    """How the read-audit outbox's drain (nara serve's sealer) takes reads' records into the log, chaining them
+    as it inserts them: ``records`` staff reads appended with ``Outbox.append`` and drained every
+    OUTBOX_DRAIN_RECORDS; the drains' time, their CPU in this process and PostgreSQL's (the appends excluded)."""
+    import tempfile
+
+    from nara.security import audit, audit_outbox
+    from nara.security.actors import Actor, Assignment
+
+    unit = Assignment(
+        "SE2321000016-P00042-U", "role-1", "SE2321000016-E0017", "Vårdcentralen Norr", "SE2321000016-VG",
+        "Region", "vardgivare", "Vård och behandling", ("Läsa;alla;SJF",), ("sjukskoterska",),
+    )  # fmt: skip
+    nurse = Actor("staff", "SE2321000016-P00042", "Staff Member 42", assignment=unit, practitioner="p-42")
+    spool = Path(tempfile.mkdtemp(prefix="nara-bench-outbox-"))
+    box = audit_outbox.Outbox(spool, lambda: audit_outbox.database_tag(engine))
+    seconds = cpu = 0.0
+    drained = 0
+    cpu0 = pgbaseline.backend_cpu_seconds(AUDIT_CHAIN_DB)
+    try:
+        for start in range(0, records, OUTBOX_DRAIN_RECORDS):
+            for i in range(start, min(start + OUTBOX_DRAIN_RECORDS, records)):
+                rid = f"{i:08x}-bench"
+                rec = audit.AuditRecord(
+                    "read", "permit", nurse, "Observation", rid, f"GET Observation/{rid}",
+                    accesses=[audit.Access(f"patient-{i % 100_000}", unit.provider, unit.unit, "own-unit")],
+                )  # fmt: skip
+                box.append(rec, audit.now_utc())
+            t0, c0 = time.perf_counter(), time.process_time()
+            drained += audit_outbox.drain(engine, spool)
+            seconds += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+    finally:
+        box.close()
+        audit_outbox.drain(engine, spool)  # removes the finished file
+        shutil.rmtree(spool, ignore_errors=True)
+    cpu1 = pgbaseline.backend_cpu_seconds(AUDIT_CHAIN_DB)
+    if drained != records:
+        raise RuntimeError(f"the outbox drain took {drained} of {records} records")
+    return {
+        "throughput": drained / seconds,
+        "requests": drained,
+        "seconds": round(seconds, 3),
+        "cpu_ms_per_record": round(cpu * 1000 / drained, 4),
+        # The database CPU covers the appends' time too; appending needs none.
+        "db_cpu_ms_per_record": round((cpu1 - cpu0) * 1000 / drained, 4) if cpu0 is not None and cpu1 else None,
+    }
 
 
 # ---- scale run (long mode; needs the demo-region generator's output) --------------------------
