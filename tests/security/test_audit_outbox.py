@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from nara.config import Settings
 from nara.security import audit
@@ -651,3 +651,34 @@ def test_a_database_error_that_is_not_about_a_record_rejects_nothing_and_the_nex
     assert drain(store.engine, spool) == 3
     assert logged_ids(store) == ["obs-1", "obs-2", "obs-3"] and audit.verify(store.engine).ok
     assert pending_files(spool) == [] and not (spool / "rejected.lines").exists()
+
+
+def test_an_idle_workers_file_costs_its_drainer_no_statement_until_a_record_is_appended(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    writer.append(_record(1), audit.now_utc())
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        assert drain(store.engine, spool) == 1
+        assert statements  # the first drain locked the file's row and inserted the record
+        statements.clear()
+        assert drain(store.engine, spool) == 0
+        assert statements == []  # nothing appended since: no transaction, not even the row's lock
+        writer.append(_record(2), audit.now_utc())
+        assert drain(store.engine, spool) == 1
+        statements.clear()
+        writer.close()  # finished: the next drain removes the file and its row, though nothing new is in it
+        assert drain(store.engine, spool) == 0
+        assert statements and pending_files(spool) == []
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+    assert logged_ids(store) == ["obs-1", "obs-2"]
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_outbox)).scalar_one() == 0

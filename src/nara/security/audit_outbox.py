@@ -206,6 +206,8 @@ def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int
     total = 0
     done = _Progress()
     files = pending_files(directory, database_tag(engine))  # another database's files are not this one's
+    for gone in [p for p in list(_committed) if p.parent == directory and p not in files]:
+        _committed.pop(gone, None)  # finished and removed (by this drainer or another)
     for i, path in enumerate(files):
         try:
             total += _drain_file(engine, path, deadline, done)
@@ -217,6 +219,12 @@ def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int
             # One file's trouble (its database write failed) must not keep the other files out of the log.
             log.exception("draining %s failed; the other files are drained, it is tried again next time", path)
     return total
+
+
+# How far this process has drained each file (by its path): a file whose size has not moved past it has no
+# new record, so an idle worker's file costs the sealer no transaction every NARA_AUDIT_DRAIN_SECONDS. Only
+# drainers move a file's offset, and never past its size, so the size equal to this offset means nothing new.
+_committed: dict[Path, int] = {}
 
 
 class _PastDeadline(Exception):
@@ -251,6 +259,8 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
     one_by_one = False  # after the database refused a batch: its records go in one at a time
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
+        if not finished and os.fstat(f.fileno()).st_size == _committed.get(path):
+            return 0  # nothing appended since this process's last drain of it: no transaction needed
         while True:
             rejected: list[tuple[bytes, str]] = []  # kept for the operator once the transaction has committed
             try:
@@ -277,6 +287,8 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
             except _BatchRefused:
                 one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
                 continue
+            if lines:
+                _committed[path] = offset + sum(len(line) for line in lines)
             for line, why in rejected:
                 _reject(path, line, why)
             one_by_one = False
