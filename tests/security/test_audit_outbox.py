@@ -24,6 +24,7 @@ from sqlalchemy import event, func, select
 
 from nara.config import Settings
 from nara.security import audit
+from nara.security import audit_outbox as audit_outbox_module
 from nara.security.actors import Actor
 from nara.security.audit_outbox import (
     DRAIN_BATCH,
@@ -605,22 +606,27 @@ def test_a_line_whose_values_are_of_the_wrong_kind_is_kept_apart_and_not_chained
         {**good, "e": {**good["e"], "patient_count": "1"}},
         {**good, "e": {**good["e"], "recorded_at": "2026-12-07T10:00:00+01:00"}},
         {**good, "a": [{**good["a"][0], "protected": "false"}]},
-        # Spaces past a varchar's length are cut by PostgreSQL, not refused: stored otherwise than hashed.
-        {**good, "e": {**good["e"], "user_id": "u" * 64 + "   "}},
-        {**good, "a": [{**good["a"][0], "access_type": "system" + " " * 20}]},
+        # Longer than its column: the database would refuse it.
+        {**good, "e": {**good["e"], "user_id": "u" * 65}},
         # A value a NOT NULL column needs (the database would refuse it; here it would not even sort).
         {**good, "a": [{**good["a"][0], "patient_id": None}]},
     ]
+    # Spaces past a varchar's length: PostgreSQL cuts them instead of refusing, and the hash is made of the cut
+    # value, so the record is logged (as the database logs it without the outbox) and the chain verifies.
+    spaced = {**good, "e": {**good["e"], "user_id": "u" * 64 + "   ", "resource_id": "obs-spaced"}}
     assert writer._fd is not None
     lines = [orjson.dumps(row) + b"\n" for row in bad]
-    for line in lines:
+    for line in [*lines, orjson.dumps(spaced) + b"\n"]:
         os.write(writer._fd, line)
     writer.append(_record(3), datetime(2026, 12, 7, 10, 0))  # a whole second: written without a fraction
     writer.close()
-    assert drain(store.engine, spool) == 2
-    assert logged_ids(store) == ["obs-1", "obs-3"]
+    assert drain(store.engine, spool) == 3
+    assert logged_ids(store) == ["obs-1", "obs-3", "obs-spaced"]
     assert (spool / "rejected.lines").read_bytes() == b"".join(lines)
     assert audit.verify(store.engine).ok
+    with store.engine.connect() as conn:
+        stored = conn.execute(select(audit_event.c.user_id).where(audit_event.c.resource_id == "obs-spaced")).scalar()
+    assert stored == "u" * 64
 
 
 def test_a_database_error_that_is_not_about_a_record_rejects_nothing_and_the_next_drain_takes_all(
@@ -682,3 +688,74 @@ def test_an_idle_workers_file_costs_its_drainer_no_statement_until_a_record_is_a
     assert logged_ids(store) == ["obs-1", "obs-2"]
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(audit_outbox)).scalar_one() == 0
+
+
+def test_a_refused_line_that_cannot_be_kept_apart_rolls_the_drain_back_and_nothing_is_lost(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    writer.append(_record(1), audit.now_utc())
+    refused = orjson.dumps(
+        {"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "user_name": "a\x00b"}, "a": []}
+    )
+    assert writer._fd is not None
+    os.write(writer._fd, refused + b"\n")
+    writer.append(_record(3), audit.now_utc())
+    writer.close()
+    (spool / "rejected.lines").mkdir()  # the operator's file cannot be written (as on a full or read-only disk)
+    assert drain(store.engine, spool) == 0  # logged as an error; the offset did not move past the line
+    assert _count(store) == 0 and len(pending_files(spool)) == 1
+    (spool / "rejected.lines").rmdir()
+    assert drain(store.engine, spool) == 2
+    assert logged_ids(store) == ["obs-1", "obs-3"]
+    assert (spool / "rejected.lines").read_bytes() == refused + b"\n" and pending_files(spool) == []
+
+
+def test_an_offset_that_went_back_is_drained_again_by_a_log_reader_at_once_and_by_the_sealer_soon(
+    pg: Backend, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle skip trusts this process's memory of a file's offset for a few seconds only, and never for a log
+    reader: after a restore or a failover that lost the last drain, the records are drained again."""
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    writer.append(_record(1), audit.now_utc())
+    assert drain(store.engine, spool) == 1
+    (path,) = pending_files(spool)
+    first = path.stat().st_size
+    writer.append(_record(2), audit.now_utc())
+    assert drain(store.engine, spool) == 1
+
+    def lose_the_last_drain() -> None:  # as a restore to before it would
+        with store.engine.connect().execution_options(nara_write=True) as conn, conn.begin():
+            for stmt in drop_guard_statements("postgresql"):
+                conn.exec_driver_sql(stmt)
+            seqs = select(audit_event.c.seq).where(audit_event.c.resource_id == "obs-2").scalar_subquery()
+            conn.execute(audit_access.delete().where(audit_access.c.seq.in_(seqs)))
+            conn.execute(audit_event.delete().where(audit_event.c.resource_id == "obs-2"))
+            conn.execute(audit_outbox.update().values(drained=first))
+            install_guards(conn, 1827)
+
+    lose_the_last_drain()
+    assert drain(store.engine, spool) == 0  # the sealer trusts what it drained a moment ago
+    assert drain(store.engine, spool, time.monotonic() + 60) == 1  # a log reader asks the database
+    assert logged_ids(store) == ["obs-1", "obs-2"]
+    lose_the_last_drain()
+    monkeypatch.setattr(audit_outbox_module, "TRUST_SECONDS", 0.0)  # the trust has run out
+    assert drain(store.engine, spool) == 1
+    assert logged_ids(store) == ["obs-1", "obs-2"] and audit.verify(store.engine).ok
+    writer.close()
+
+
+def test_a_read_whose_record_the_log_would_refuse_answers_500_and_shows_nothing(
+    region: Region, outbox_server: OutboxServer
+) -> None:
+    """A value too long for its column (here a system client's subject past 64 characters) would be refused by
+    the database: the read fails as it fails without the outbox, instead of answering without its record."""
+    anna = region.patients["anna"]
+    with region.as_(token("urn:example:backend-service:" + "x" * 48, "system")) as c:
+        r = c.get(f"Patient/{anna}")
+    assert r.status_code == 500
+    assert "Andersson" not in r.text and "could not be logged" in r.text
+    assert not any(row["e"]["resource_id"] == anna for row in spooled(outbox_server.spool))
+    assert not (outbox_server.spool / "rejected.lines").exists()

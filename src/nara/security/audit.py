@@ -425,43 +425,72 @@ def insert_rows(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
 
 
 def sealed_row(row: Any) -> dict[str, Any]:
-    """A ``record_row`` value read back from the read-audit outbox, checked and typed as the log stores it (what
-    ``insert_sealed`` hashes must be exactly what the database keeps); ValueError when it is not a record, or
-    when a value does not fit its column (PostgreSQL would refuse it, or store it otherwise: a ``varchar``
-    cuts spaces past its length instead of refusing them)."""
+    """A ``record_row`` value (as made, or read back from the read-audit outbox), checked and typed as the log
+    stores it (what ``insert_sealed`` hashes must be exactly what the database keeps); ValueError when it is not
+    a record, or when a value does not fit its column (the database would refuse it). Spaces past a
+    ``varchar``'s length are cut, as PostgreSQL cuts them instead of refusing them."""
     e, given = (row.get("e"), row.get("a")) if isinstance(row, dict) else (None, None)
     if not isinstance(e, dict) or not isinstance(given, list):
         raise ValueError("not an audit record")
-    event = {c: _stored(audit_event.c[c], e.get(c)) for c in _EVENT_COLUMNS}
     accesses = []
     for x in given:
         if not isinstance(x, dict):
             raise ValueError("an access is not an object")
-        accesses.append({c: _stored(audit_access.c[c], x.get(c)) for c in _ACCESS_COLUMNS})
-    return {"e": event, "a": accesses}
+        accesses.append(_stored(_ACCESS_SPEC, x))
+    return {"e": _stored(_EVENT_SPEC, e), "a": accesses}
 
 
-def _stored(column: Any, value: Any) -> Any:
-    """``value`` (from JSON) as ``column`` stores it; ValueError when the column would not store it as it is."""
-    kind = column.type
-    if value is None:
-        if not column.nullable:
-            raise ValueError(f"{column.name} is missing")
-        return None
-    if isinstance(kind, DateTime):
-        when = datetime.fromisoformat(value) if isinstance(value, str) else None
-        if when is None or when.tzinfo is not None:  # the log keeps UTC without an offset
-            raise ValueError(f"{column.name} is not a time in UTC: {value!r}")
-        return when
-    if isinstance(kind, Boolean):
-        ok = type(value) is bool
-    elif isinstance(kind, Integer):  # BigInteger too
-        ok = type(value) is int
-    else:  # String and Text
-        ok = isinstance(value, str) and (kind.length is None or len(value) <= kind.length)
-    if not ok:
-        raise ValueError(f"{column.name} cannot hold {value!r}")
-    return value
+_TIME, _BOOL, _INT, _TEXT = range(4)
+
+
+def _spec(table: Any, names: tuple[str, ...]) -> tuple[tuple[str, int, bool, int | None], ...]:
+    """Each column's name, kind, whether it may be NULL and its length (for ``_stored``; read once from the table)."""
+    out = []
+    for name in names:
+        column = table.c[name]
+        kind = column.type
+        code = (
+            _TIME
+            if isinstance(kind, DateTime)
+            else _BOOL
+            if isinstance(kind, Boolean)
+            else _INT
+            if isinstance(kind, Integer)  # BigInteger too
+            else _TEXT
+        )
+        out.append((name, code, bool(column.nullable), getattr(kind, "length", None)))
+    return tuple(out)
+
+
+def _stored(spec: tuple[tuple[str, int, bool, int | None], ...], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (from JSON, or as ``record_row`` made them) as the columns of ``spec`` store them; ValueError
+    when a column would not store a value as it is."""
+    out: dict[str, Any] = {}
+    for name, code, nullable, length in spec:
+        value = values.get(name)
+        if value is None:
+            if not nullable:
+                raise ValueError(f"{name} is missing")
+        elif code == _TEXT:
+            if type(value) is not str:
+                raise ValueError(f"{name} cannot hold {value!r}")
+            if length is not None and len(value) > length:
+                if value[length:].strip(" "):
+                    raise ValueError(f"{name} is longer than {length} characters")
+                value = value[:length]  # spaces past the length: cut, as PostgreSQL stores (and we hash) it
+        elif code == _TIME:
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value)
+            if not isinstance(value, datetime) or value.tzinfo is not None:  # the log keeps UTC without an offset
+                raise ValueError(f"{name} is not a time in UTC: {value!r}")
+        elif (code == _INT and type(value) is not int) or (code == _BOOL and type(value) is not bool):
+            raise ValueError(f"{name} cannot hold {value!r}")
+        out[name] = value
+    return out
+
+
+_EVENT_SPEC = _spec(audit_event, _EVENT_COLUMNS)
+_ACCESS_SPEC = _spec(audit_access, _ACCESS_COLUMNS)
 
 
 def lock_chain(conn: Connection) -> None:

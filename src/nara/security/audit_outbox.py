@@ -95,7 +95,12 @@ class Outbox:
         os.register_at_fork(after_in_child=self._forget_after_fork)
 
     def append(self, rec: AuditRecord, at: datetime) -> None:
-        line = orjson.dumps(record_row(rec, at)) + b"\n"
+        row = record_row(rec, at)
+        try:
+            sealed_row(row)  # a record the log would refuse (a value too long for its column) is refused now
+        except ValueError as exc:  # the read must not answer: its record would never reach the log
+            raise OutboxError(f"the audit record cannot be logged: {exc}") from exc
+        line = orjson.dumps(row) + b"\n"
         with self._lock:
             try:
                 if self._fd is None or self._size >= self.max_file_bytes:
@@ -206,7 +211,8 @@ def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int
     total = 0
     done = _Progress()
     files = pending_files(directory, database_tag(engine))  # another database's files are not this one's
-    for gone in [p for p in list(_committed) if p.parent == directory and p not in files]:
+    pending = set(files)
+    for gone in [p for p in list(_committed) if p.parent == directory and p not in pending]:
         _committed.pop(gone, None)  # finished and removed (by this drainer or another)
     for i, path in enumerate(files):
         try:
@@ -221,10 +227,13 @@ def drain(engine: Engine, directory: Path, deadline: float | None = None) -> int
     return total
 
 
-# How far this process has drained each file (by its path): a file whose size has not moved past it has no
-# new record, so an idle worker's file costs the sealer no transaction every NARA_AUDIT_DRAIN_SECONDS. Only
-# drainers move a file's offset, and never past its size, so the size equal to this offset means nothing new.
-_committed: dict[Path, int] = {}
+# How far each file was drained when this process last looked (by its path; the offset and when): a file
+# whose size is still that offset has no new record, so an idle worker's file costs the sealer a transaction
+# every TRUST_SECONDS instead of every NARA_AUDIT_DRAIN_SECONDS. Only drainers move a file's offset, and never
+# past its size. The database is asked again after TRUST_SECONDS all the same, so that an offset that went
+# back (a restore, a failover to a standby that had not seen the last drain) is drained again soon.
+_committed: dict[Path, tuple[int, float]] = {}
+TRUST_SECONDS = 5.0
 
 
 class _PastDeadline(Exception):
@@ -259,10 +268,17 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
     one_by_one = False  # after the database refused a batch: its records go in one at a time
     with open(path, "rb") as f:
         finished = _finished(f.fileno())  # decided before reading: a finished file gets no more lines
-        if not finished and os.fstat(f.fileno()).st_size == _committed.get(path):
+        known = _committed.get(path)
+        if (
+            deadline is None  # a log reader always asks the database
+            and not finished
+            and known is not None
+            and os.fstat(f.fileno()).st_size == known[0]
+            and time.monotonic() - known[1] < TRUST_SECONDS
+        ):
             return 0  # nothing appended since this process's last drain of it: no transaction needed
         while True:
-            rejected: list[tuple[bytes, str]] = []  # kept for the operator once the transaction has committed
+            rejected: list[tuple[bytes, str]] = []  # kept for the operator by the transaction that drains them
             try:
                 with engine.connect() as conn, conn.begin() as txn:
                     offset = _locked_offset(conn, path)  # one drainer at a time per file
@@ -284,13 +300,15 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
                             .where(audit_outbox.c.file == path.name)
                             .values(drained=offset + sum(len(line) for line in lines))
                         )
+                    # Kept for the operator before the offset moves past them: if this cannot be written, the
+                    # transaction is rolled back and the lines stay to be drained again (not lost); a refused
+                    # batch never gets here, so a line is kept once.
+                    for line, why in rejected:
+                        _reject(path, line, why)
             except _BatchRefused:
                 one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
                 continue
-            if lines:
-                _committed[path] = offset + sum(len(line) for line in lines)
-            for line, why in rejected:
-                _reject(path, line, why)
+            _committed[path] = (offset + sum(len(line) for line in lines), time.monotonic())
             one_by_one = False
             total += len(rows)
             done.records += len(lines)
