@@ -747,7 +747,7 @@ def test_an_offset_that_went_back_is_drained_again_by_a_log_reader_at_once_and_b
     writer.close()
 
 
-def test_a_read_whose_record_the_log_would_refuse_answers_500_and_shows_nothing(
+def test_r_log_1_a_read_whose_record_the_log_would_refuse_answers_500_and_shows_nothing(
     region: Region, outbox_server: OutboxServer
 ) -> None:
     """A value too long for its column (here a system client's subject past 64 characters) would be refused by
