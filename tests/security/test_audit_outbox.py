@@ -277,6 +277,12 @@ def _record(i: int) -> audit.AuditRecord:
     )
 
 
+def _refused_line(i: int) -> bytes:
+    """A spool line whose record the database refuses: PostgreSQL text cannot hold a NUL (a worker's own records
+    never have one, ``audit._event_params`` replaces it)."""
+    return orjson.dumps({"e": {**audit.record_row(_record(i), audit.now_utc())["e"], "user_name": "a\x00b"}, "a": []})
+
+
 def logged_ids(store: Store) -> list[str]:
     """The resource ids of every record in the log, sorted (each once per record)."""
     with store.engine.connect() as conn:
@@ -385,11 +391,9 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     spool = tmp_path / "spool"
     first = writer_for(store, spool)
     first.append(_record(1), audit.now_utc())
-    # A record the database refuses (PostgreSQL text cannot hold a NUL; a worker's own records never have one)
-    # and, in the same batch, a line that is no record: each is kept once, though the batch is drained twice.
-    refused = orjson.dumps(
-        {"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "user_name": "a\x00b"}, "a": []}
-    )
+    # A record the database refuses and, in the same batch, a line that is no record: each is kept once, though
+    # the batch is drained twice.
+    refused = _refused_line(2)
     assert first._fd is not None
     os.write(first._fd, refused + b"\n" + b"not a record\n")
     first.append(_record(3), audit.now_utc())
@@ -696,9 +700,7 @@ def test_a_refused_line_that_cannot_be_kept_apart_rolls_the_drain_back_and_nothi
     spool = tmp_path / "spool"
     writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
-    refused = orjson.dumps(
-        {"e": {**audit.record_row(_record(2), audit.now_utc())["e"], "user_name": "a\x00b"}, "a": []}
-    )
+    refused = _refused_line(2)
     assert writer._fd is not None
     os.write(writer._fd, refused + b"\n")
     writer.append(_record(3), audit.now_utc())

@@ -173,9 +173,7 @@ def stated_personal_number(system: str | None, value: str) -> str | None:
     century (``YYYYMMDDNNNC``, ``YYYYMMDD-NNNC``) and it passes the checks of R-ID-1; else None. The 10-digit
     forms give None: their century depends on the day they are read (a hyphen means under 100 on that day), so
     an index row or a search made from one on another day could name another person."""
-    if normalize_system(system) not in PERSONAL_SYSTEMS or not _CENTURY_FORM.fullmatch(value.strip()):
-        return None
-    return personal_number(system, value)
+    return personal_number(system, value) if _CENTURY_FORM.fullmatch(value.strip()) else None
 
 
 def normalize_system(system: str | None) -> str | None:

@@ -95,9 +95,9 @@ class Outbox:
         os.register_at_fork(after_in_child=self._forget_after_fork)
 
     def append(self, rec: AuditRecord, at: datetime) -> None:
-        row = record_row(rec, at)
         try:
-            sealed_row(row)  # a record the log would refuse (a value too long for its column) is refused now
+            # As the log will store it; a record it would refuse (a value too long for its column) is refused now.
+            row = sealed_row(record_row(rec, at))
         except ValueError as exc:  # the read must not answer: its record would never reach the log
             raise OutboxError(f"the audit record cannot be logged: {exc}") from exc
         line = orjson.dumps(row) + b"\n"
@@ -294,11 +294,10 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
                     parsed = [(line, _parse(line, rejected)) for line in lines]
                     records = [(line, row) for line, row in parsed if row is not None]
                     rows = _insert_one_by_one(conn, records, rejected) if one_by_one else _insert(conn, records)
+                    drained_to = offset + sum(len(line) for line in lines)
                     if lines:
                         conn.execute(
-                            update(audit_outbox)
-                            .where(audit_outbox.c.file == path.name)
-                            .values(drained=offset + sum(len(line) for line in lines))
+                            update(audit_outbox).where(audit_outbox.c.file == path.name).values(drained=drained_to)
                         )
                     # Kept for the operator before the offset moves past them: if this cannot be written, the
                     # transaction is rolled back and the lines stay to be drained again (not lost); a refused
@@ -308,7 +307,7 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
             except _BatchRefused:
                 one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
                 continue
-            _committed[path] = (offset + sum(len(line) for line in lines), time.monotonic())
+            _committed[path] = (drained_to, time.monotonic())
             one_by_one = False
             total += len(rows)
             done.records += len(lines)
