@@ -318,6 +318,70 @@ def test_very_deep_nesting_is_a_structure_error_not_a_crash() -> None:
     assert problems({**PAT, "extension": [node]}) == [("structure", "Patient")]
 
 
+PNR_URI = "http://electronichealth.se/identifier/personnummer"
+SNR_URI = "http://electronichealth.se/identifier/samordningsnummer"
+HSA = "urn:oid:1.2.752.29.4.19"
+
+
+def test_r_id_1_every_personal_identity_number_is_stored_in_twelve_digits_under_its_uri() -> None:
+    """Wherever an Identifier is (the Patient's own, a Reference's, an extension's value, a contained
+    resource's), a personnummer written with a hyphen, in ten digits or under the RIV OID is stored as 12 digits
+    under the HL7 Sweden URI; other identifiers are left as written."""
+    res = {
+        **OBS,
+        "subject": {"identifier": {"system": "urn:oid:1.2.752.129.2.1.3.1", "value": "19121212-1212"}},
+        "performer": [{"identifier": {"system": "urn:oid:1.2.752.129.2.1.4.1", "value": " se2321000016-abc1 "}}],
+        "extension": [
+            {
+                "url": "http://example.org/fhir/StructureDefinition/reporter",
+                "valueIdentifier": {"system": "1.2.752.129.2.1.3.3", "value": "701063-2391"},
+            }
+        ],
+        "contained": [
+            {
+                "resourceType": "Patient",
+                "id": "p",
+                "identifier": [
+                    {"use": "official", "system": PNR_URI, "value": "121212+1212"},  # "+": over 100
+                    {"system": "http://example.org/mrn", "value": "12-34 x"},
+                ],
+            }
+        ],
+    }
+    check(res)
+    assert res["subject"]["identifier"] == {"system": PNR_URI, "value": "191212121212"}
+    assert res["performer"][0]["identifier"] == {"system": HSA, "value": " se2321000016-abc1 "}  # its system only
+    assert res["extension"][0]["valueIdentifier"] == {"system": SNR_URI, "value": "197010632391"}
+    assert res["contained"][0]["identifier"] == [
+        {"use": "official", "system": PNR_URI, "value": "191212121212"},
+        {"system": "http://example.org/mrn", "value": "12-34 x"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("system", "value"),
+    [
+        (PNR_URI, "191212121213"),  # the Luhn check fails
+        ("urn:oid:1.2.752.129.2.1.3.1", "19121212-1219"),
+        (PNR_URI, "19121312-1212"),  # month 13
+        (PNR_URI, "197010632391"),  # a samordningsnummer under the personnummer's system
+        (SNR_URI, "191212121212"),  # and the reverse
+        (PNR_URI, "Tolvan"),
+        ("1.2.752.129.2.1.3.3", "19121212-1212"),
+    ],
+)
+def test_r_id_1_a_wrong_personal_identity_number_is_refused_at_its_path_and_nothing_is_changed(
+    system: str, value: str
+) -> None:
+    pat = {**PAT, "identifier": [{"system": PNR_URI, "value": "19121212-1212"}, {"system": system, "value": value}]}
+    before = copy.deepcopy(pat)
+    assert problems(pat) == [("value", "Patient.identifier[1].value")]
+    with pytest.raises(FhirError) as e:
+        check(pat)
+    assert e.value.status == 400 and value.strip()[:12] in e.value.outcome()["issue"][0]["diagnostics"]
+    assert pat == before  # the valid number beside it was not rewritten either
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4),

@@ -376,7 +376,8 @@ def dashed(number: str) -> str:
 
 
 def registered(region: Region, system: str, number: str, family: str) -> tuple[str, str]:
-    """A Patient the register's feed stores with ``system``, and one Observation of hers: (patient, observation)."""
+    """A Patient the register's feed sends with ``system`` (stored under the URI, in 12 digits: R-ID-1, R-ID-2),
+    and one Observation of hers: (patient, observation)."""
     pid = region.post(
         {"resourceType": "Patient", "identifier": [{"system": system, "value": number}], "name": [{"family": family}]}
     )["id"]
@@ -391,8 +392,8 @@ def own_data(bearer: str, region: Region) -> tuple[set[str], set[str]]:
         return ids(patients.json()), ids(observations.json())
 
 
-def test_r_id_2_a_citizen_finds_her_record_stored_under_the_riv_oid(region: Region) -> None:
-    """An inbound feed (RIV/HL7v3) stores the personnummer or samordningsnummer under its OID: the citizen's login
+def test_r_id_2_a_citizen_finds_her_record_sent_under_the_riv_oid(region: Region) -> None:
+    """An inbound feed (RIV/HL7v3) sends the personnummer or samordningsnummer under its OID: the citizen's login
     finds her record all the same, whatever form her own number takes in the token, and sees her data only."""
     pnr = luhn_pnr(date(1947, 11, 23), 482)
     snr = make_personal_identity(date(1981, 2, 14), 593, samordning=True)
@@ -408,31 +409,41 @@ def test_r_id_2_a_citizen_finds_her_record_stored_under_the_riv_oid(region: Regi
     assert own_data(token(snr, "citizen"), region) == ({newcomer}, {newcomer_obs})
 
 
-def test_r_id_1_a_citizen_finds_her_record_stored_with_her_number_written_with_a_hyphen(region: Region) -> None:
-    """A register or feed may store the personnummer as ``YYYYMMDD-NNNC``: the number is indexed also in its 12
-    digits, so her login (and a search by it, written either way) finds her record. A 10-digit form
-    (``YYMMDD-NNNC``) names its century only relative to the day it is read, so it gets no such row: no login opens
-    it, neither hers nor that of someone born a hundred years later with the same digits. A number that fails the
-    Luhn check is kept as written and normalised to nothing."""
+def test_r_id_1_a_number_written_with_a_hyphen_or_in_ten_digits_is_stored_in_twelve_and_a_wrong_one_refused(
+    region: Region,
+) -> None:
+    """A register or feed may write the personnummer as ``YYYYMMDD-NNNC``, or in ten digits (``YYMMDD-NNNC``, ``+``
+    once the person is 100): it is stored as 12 digits under the URI, its century read on the day it is written,
+    so her login and a search by the number (written either way) find her record, and nobody born a hundred years
+    later with the same ten digits does. A number that fails the Luhn check is refused and nothing is stored."""
     pnr = luhn_pnr(date(1948, 6, 9), 371)
     her, her_obs = registered(region, PNR, dashed(pnr), "Bindestreck")
+    assert region.fhir.get(f"Patient/{her}").json()["identifier"] == [{"system": PNR, "value": pnr}]
     for sub in (pnr, dashed(pnr)):
         assert own_data(token(sub, "citizen"), region) == ({her}, {her_obs})
     for written in (pnr, dashed(pnr)):
         assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{written}"}).json()) == {her}
     old = make_personal_identity(date(1926, 12, 31), 234)  # 99 years old in December 2026: YYMMDD-NNNC
-    elder, _ = registered(region, PNR_OID, f"{old[2:8]}-{old[8:]}", "Tiosiffrig")
-    assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR_OID}|{old[2:8]}-{old[8:]}"}).json()) == {elder}
-    for sub in (old, "20" + old[2:]):  # hers, and the same digits a century later
-        assert own_data(token(sub, "citizen"), region) == (set(), set())
+    elder, elder_obs = registered(region, PNR_OID, f"{old[2:8]}-{old[8:]}", "Tiosiffrig")
+    assert region.fhir.get(f"Patient/{elder}").json()["identifier"] == [{"system": PNR, "value": old}]
+    assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR_OID}|{old}"}).json()) == {elder}
+    assert own_data(token(old, "citizen"), region) == ({elder}, {elder_obs})
+    assert own_data(token("20" + old[2:], "citizen"), region) == (set(), set())  # the same digits a century later
     wrong = pnr[:-1] + str((int(pnr[-1]) + 1) % 10)  # the Luhn check fails
-    registered(region, PNR, dashed(wrong), "Felskriven")
-    assert ids(region.fhir.get("Patient", params={"identifier": f"{PNR}|{wrong}"}).json()) == set()
+    before = region.fhir.get("Patient", params={"_summary": "count"}).json()["total"]
+    refused = region.fhir.post(
+        "Patient",
+        content=orjson.dumps({"resourceType": "Patient", "identifier": [{"system": PNR, "value": dashed(wrong)}]}),
+        headers=JSON,
+    )
+    assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["Patient.identifier[0].value"]
+    assert "Luhn" in refused.json()["issue"][0]["diagnostics"]
+    assert region.fhir.get("Patient", params={"_summary": "count"}).json()["total"] == before
 
 
 def test_r_id_1_a_number_on_two_live_records_identifies_no_one_and_a_deleted_record_none(region: Region) -> None:
-    """A number two live Patients carry identifies no one, also when one record has it under the URI and the other
-    under the OID (403, the records must be corrected). A deleted record is no record: the number it carried
+    """A number two live Patients carry identifies no one, also when one record was sent with it under the URI and
+    the other under the OID (403, the records must be corrected). A deleted record is no record: the number it carried
     opens nothing, and a new record with that number is hers alone."""
     twice = luhn_pnr(date(1949, 12, 24), 617)
     registered(region, PNR, twice, "Först")
@@ -453,8 +464,8 @@ def test_r_id_1_a_number_on_two_live_records_identifies_no_one_and_a_deleted_rec
         assert c.get(f"Observation/{old_obs}").status_code == 403
 
 
-def test_r_id_2_a_guardian_acts_for_a_child_whom_the_feed_stored_under_the_oid(region: Region, store: Store) -> None:
-    """A proxy token names the represented person by personnummer: a child the register's feed stored under the
+def test_r_id_2_a_guardian_acts_for_a_child_whom_the_feed_sent_under_the_oid(region: Region, store: Store) -> None:
+    """A proxy token names the represented person by personnummer: a child the register's feed sent under the
     OID is found, and the guardian it recorded (under the OID, written with a hyphen) acts for her whatever form
     the token gives either number in. The access rules keep the guardian's number in its 12 digits (R-ID-1)."""
     today = date.today()

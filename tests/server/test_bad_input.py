@@ -20,6 +20,7 @@ from tests.db_faults import STALL_MARKER, TRACE_SIGNS, snapshot, stalling_writes
 from tests.server.test_rest_interactions import JSON, bp, patient, post
 
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
+PNR = "http://electronichealth.se/identifier/personnummer"
 
 
 @pytest.fixture
@@ -242,6 +243,62 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes, dict[str, str], int, str | None]]
         "conflict",
     ),
     ("method not allowed on an instance", "POST", "Patient/{pid}", orjson.dumps(patient()), JSON, 405, "not-supported"),
+    (
+        "R-ID-1 new patient whose personnummer fails the Luhn check",
+        "POST",
+        "Patient",
+        orjson.dumps(patient(identifier=[{"system": PNR, "value": "19121212-1213"}])),
+        JSON,
+        400,
+        "value",
+    ),
+    (
+        "R-ID-1 update giving a samordningsnummer as a personnummer",
+        "PUT",
+        "Patient/{pid}",
+        orjson.dumps({**patient(identifier=[{"system": PNR, "value": "197010632391"}]), "id": "{pid}"}),
+        JSON,
+        400,
+        "value",
+    ),
+    (
+        "R-ID-1 patch adding a personnummer under the RIV OID that fails the Luhn check",
+        "PATCH",
+        "Patient/{pid}",
+        orjson.dumps(
+            [
+                {
+                    "op": "add",
+                    "path": "/identifier/-",
+                    "value": {"system": "1.2.752.129.2.1.3.1", "value": "191212121219"},
+                }
+            ]
+        ),
+        PATCH_JSON,
+        400,
+        "value",
+    ),
+    (
+        "R-ID-1 transaction whose second entry names its subject by a wrong personnummer",
+        "POST",
+        "",
+        orjson.dumps(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {"resource": patient("Ny", "Nils"), "request": {"method": "POST", "url": "Patient"}},
+                    {
+                        "resource": {**bp("x"), "subject": {"identifier": {"system": PNR, "value": "191212121210"}}},
+                        "request": {"method": "POST", "url": "Observation"},
+                    },
+                ],
+            }
+        ),
+        JSON,
+        400,
+        "value",
+    ),
 ]
 
 

@@ -131,7 +131,7 @@ def test_transaction_response_lists_entries_in_request_order_with_status_locatio
 
 
 def test_transaction_processes_delete_then_post_then_put_then_get(fhir: httpx.Client) -> None:
-    old = post(fhir, with_pnr("191111111111", family="Ordning")).json()
+    old = post(fhir, with_pnr("191101111118", family="Ordning")).json()
     r = send(
         fhir,
         bundle(
@@ -141,8 +141,8 @@ def test_transaction_processes_delete_then_post_then_put_then_get(fhir: httpx.Cl
             entry(
                 "POST",
                 "Patient",
-                with_pnr("191111111111", family="Ordning"),
-                ifNoneExist=f"identifier={PNR}|191111111111",
+                with_pnr("191101111118", family="Ordning"),
+                ifNoneExist=f"identifier={PNR}|191101111118",
             ),
             entry("DELETE", f"Patient/{old['id']}"),
         ),
@@ -160,14 +160,14 @@ def test_transaction_processes_delete_then_post_then_put_then_get(fhir: httpx.Cl
 def test_transaction_if_none_exist_reuses_the_match_and_references_point_at_it(
     fhir: httpx.Client, store: Store
 ) -> None:
-    existing = post(fhir, with_pnr("192222222222")).json()
+    existing = post(fhir, with_pnr("192202122228")).json()
     obs = bp("x")
     obs["subject"] = {"reference": "urn:uuid:p"}
     r = send(
         fhir,
         bundle(
             entry(
-                "POST", "Patient", with_pnr("192222222222"), "urn:uuid:p", ifNoneExist=f"identifier={PNR}|192222222222"
+                "POST", "Patient", with_pnr("192202122228"), "urn:uuid:p", ifNoneExist=f"identifier={PNR}|192202122228"
             ),
             entry("POST", "Observation", obs),
         ),
@@ -184,14 +184,14 @@ def test_transaction_if_none_exist_reuses_the_match_and_references_point_at_it(
 def test_transaction_if_none_exist_with_several_matches_fails_whole_transaction(
     fhir: httpx.Client, store: Store
 ) -> None:
-    post(fhir, with_pnr("193333333333"))
-    post(fhir, with_pnr("193333333333"))
+    post(fhir, with_pnr("193303133338"))
+    post(fhir, with_pnr("193303133338"))
     before = snapshot(store)
     r = send(
         fhir,
         bundle(
             entry("POST", "Patient", patient(family="Ensam")),
-            entry("POST", "Patient", with_pnr("193333333333"), ifNoneExist=f"identifier={PNR}|193333333333"),
+            entry("POST", "Patient", with_pnr("193303133338"), ifNoneExist=f"identifier={PNR}|193303133338"),
         ),
     )
     body = assert_clean_outcome(r, 412)
@@ -200,9 +200,9 @@ def test_transaction_if_none_exist_with_several_matches_fails_whole_transaction(
 
 
 def test_transaction_resolves_conditional_references(fhir: httpx.Client) -> None:
-    pid = post(fhir, with_pnr("194444444444")).json()["id"]
+    pid = post(fhir, with_pnr("194404144448")).json()["id"]
     obs = bp("x")
-    obs["subject"] = {"reference": f"Patient?identifier={PNR}|194444444444"}
+    obs["subject"] = {"reference": f"Patient?identifier={PNR}|194404144448"}
     r = send(fhir, bundle(entry("POST", "Observation", obs)))
     assert r.status_code == 200, r.text
     oid = ref_id(r.json()["entry"][0]["response"]["location"])
@@ -214,10 +214,10 @@ def test_transaction_conditional_reference_matching_zero_or_many_fails_and_store
     fhir: httpx.Client, store: Store, copies: int
 ) -> None:
     for _ in range(copies):
-        post(fhir, with_pnr("195555555555"))
+        post(fhir, with_pnr("195505155555"))
     before = snapshot(store)
     obs = bp("x")
-    obs["subject"] = {"reference": f"Patient?identifier={PNR}|195555555555"}
+    obs["subject"] = {"reference": f"Patient?identifier={PNR}|195505155555"}
     r = send(fhir, bundle(entry("POST", "Patient", patient()), entry("POST", "Observation", obs)))
     body = assert_clean_outcome(r, 412)
     assert body["issue"][0]["expression"] == ["Bundle.entry[1].resource.subject.reference"]
@@ -232,7 +232,7 @@ def test_transaction_conditional_update_gives_its_full_url_an_identity(fhir: htt
         r = send(
             fhir,
             bundle(
-                entry("PUT", f"Patient?identifier={PNR}|196666666666", with_pnr("196666666666"), "urn:uuid:pat"),
+                entry("PUT", f"Patient?identifier={PNR}|196606166665", with_pnr("196606166665"), "urn:uuid:pat"),
                 entry("POST", "Observation", obs),
             ),
         )

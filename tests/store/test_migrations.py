@@ -23,6 +23,7 @@ def test_0104_indexes_personal_numbers_stored_before_it_under_their_twelve_digit
         "wrong": (PERSONNUMMER, "19480609-3715"),
     }
     with store.transaction() as tx:
+        tx.validate = False  # as stored before writes were normalised (R-ID-1): each number as written
         for pid, (system, value) in people.items():
             tx.update(
                 "Patient",

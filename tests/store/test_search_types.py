@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from nara.fhir.outcome import FhirError
@@ -149,6 +150,27 @@ def test_token_on_identifier_boolean_code_and_contact_point(store: Store) -> Non
     assert idset(store, "Patient", "phone=%2B46701234567") == {"p1"}
     assert idset(store, "Patient", "email=a@b.se") == {"p1"}
     assert idset(store, "Patient", "phone=a@b.se") == set()
+
+
+def test_r_id_2_a_personal_number_is_found_under_the_uri_or_either_oid_however_it_was_stored(store: Store) -> None:
+    """A search may name the personnummer's system by its URI or by the RIV OID (with or without ``urn:oid:``)
+    and write the number with a hyphen or without: each finds the record stored today (12 digits under the URI)
+    and one stored before writes were normalised (as the feed wrote it, here under the OID with a hyphen)."""
+    uri, oid = "http://electronichealth.se/identifier/personnummer", "1.2.752.129.2.1.3.1"
+    load(store, patient("now", "Ny", "Nu", identifier=[{"system": "urn:oid:" + oid, "value": "19121212-1212"}]))
+    with store.transaction() as tx:
+        tx.validate = False  # a record stored before writes were normalised (R-ID-1): as the feed wrote it
+        old = patient("then", "Gammal", "Då", identifier=[{"system": oid, "value": "19480609-3714"}])
+        tx.update("Patient", "then", old)
+    with store.transaction() as tx:
+        stored = orjson.loads(tx.read("Patient", "now").content or "{}")
+    assert stored["identifier"] == [{"system": uri, "value": "191212121212"}]
+    for system in (uri, oid, "urn:oid:" + oid):
+        for number, pid in (("19121212-1212", "now"), ("191212121212", "now"), ("194806093714", "then")):
+            assert idset(store, "Patient", f"identifier={system}|{number}") == {pid}, (system, number)
+        assert idset(store, "Patient", f"identifier={system}|") == {"now", "then"}
+    assert idset(store, "Patient", "identifier=19121212-1212") == {"now"}
+    assert idset(store, "Patient", "identifier=urn:oid:1.2.752.129.2.1.3.3|191212121212") == set()
 
 
 def test_token_escaped_separators(store: Store) -> None:

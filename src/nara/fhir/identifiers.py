@@ -226,26 +226,32 @@ def make_organisation_number(nine_digits: str) -> str:
     return f"{full[:6]}-{full[6:]}"
 
 
-def normalize_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
-    """An inbound FHIR Identifier with its system normalised and its value checked where the system is known.
-
-    Personnummer/samordningsnummer values become 12 digits (and must pass the Luhn check); HSA-ids become
-    upper case under :data:`HSA_ID`. Other identifiers are returned unchanged. Raises :class:`InvalidIdentifier`.
-    """
+def stored_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
+    """An inbound FHIR Identifier as the store keeps it: its system normalised (R-ID-2) and, under a personal
+    identity number's system, its value checked and in 12 digits (R-ID-1). Other values are kept as written
+    (an HSA-id's too: R-ID-2 normalises its system only). Raises :class:`InvalidIdentifier`."""
     system = normalize_system(identifier.get("system"))
-    value = identifier.get("value")
     out = dict(identifier)
     if system is not None:
         out["system"] = system
-    if not isinstance(value, str):
-        return out
-    if system in PERSONAL_SYSTEMS:
+    value = identifier.get("value")
+    if system in PERSONAL_SYSTEMS and isinstance(value, str):
         pid = parse_personal_identity(value)
         if pid.system != system:
             raise InvalidIdentifier(f"{value!r} is a {pid.kind}, not a {system.rsplit('/', 1)[-1]}")
         out["value"] = pid.value
-    elif system == HSA_ID:
+    return out
+
+
+def normalize_identifier(identifier: dict[str, Any]) -> dict[str, Any]:
+    """An Identifier for the directory: :func:`stored_identifier`, and further HSA-ids must be well formed and
+    become upper case, organisation numbers must pass the Luhn check. Raises :class:`InvalidIdentifier`."""
+    out = stored_identifier(identifier)
+    value = out.get("value")
+    if not isinstance(value, str):
+        return out
+    if out.get("system") == HSA_ID:
         out["value"] = normalize_hsa_id(value)
-    elif system == ORGANISATION_NUMBER:
+    elif out.get("system") == ORGANISATION_NUMBER:
         out["value"] = normalize_organisation_number(value)
     return out

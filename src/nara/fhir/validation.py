@@ -6,6 +6,11 @@ primitives have the spec's format (dates, ids, codes, ...), that required elemen
 that choice elements (``value[x]``) carry at most one type, that codes with a *required* binding to
 a closed list are in that list, and that literal references point at an allowed resource type.
 
+Every Identifier, wherever the resource has one (``Patient.identifier``, ``Reference.identifier``, an
+extension's ``valueIdentifier``), is also checked by the Swedish rules of :mod:`nara.fhir.identifiers`: a
+personnummer or samordningsnummer must pass R-ID-1, and :func:`check` puts identifiers in the form they are
+stored in (12 digits under the HL7 Sweden URI; an HSA-id under one system: R-ID-1, R-ID-2).
+
 Profiles, FHIRPath invariants and terminology-server bindings are out of scope here (see
 docs/adr/0002-validator.md for the choice of a table-driven walker over a JSON-schema engine).
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from nara.fhir.identifiers import InvalidIdentifier, stored_identifier
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.spec import JSON_INT_PRIMITIVES, JSON_STRING_PRIMITIVES, ElementDef, Spec, spec
 
@@ -31,7 +37,19 @@ _STRING, _XHTML, _BOOLEAN, _DECIMAL, _INTEGER, _RESOURCE, _COMPLEX, _BACKBONE, _
 class _Field:
     """One JSON property of a type or backbone context, with everything its check needs precomputed."""
 
-    __slots__ = ("child", "choice", "codes", "el", "kind", "name", "pattern", "shape_key", "targets", "type")
+    __slots__ = (
+        "child",
+        "choice",
+        "codes",
+        "el",
+        "identifier",
+        "kind",
+        "name",
+        "pattern",
+        "shape_key",
+        "targets",
+        "type",
+    )
 
     def __init__(self, el: ElementDef, owner: str, sp: Spec) -> None:
         t = el.type
@@ -42,6 +60,7 @@ class _Field:
         self.codes = el.codes
         self.pattern = sp.primitive_patterns.get(t)
         self.targets = el.targets if t == "Reference" and el.targets and "Resource" not in el.targets else None
+        self.identifier = t == "Identifier"
         self.shape_key: tuple[str, str] | None = None
         self.child: _Shape | None = None  # the shape of a complex value, resolved on first use
         if sp.is_primitive(t):
@@ -84,12 +103,14 @@ class _Shape:
 
 
 class _Walker:
-    __slots__ = ("issues", "shapes", "spec")
+    __slots__ = ("issues", "normalised", "shapes", "spec")
 
     def __init__(self, sp: Spec, shapes: dict[tuple[str, str], _Shape]) -> None:
         self.spec = sp
         self.shapes = shapes
         self.issues: list[Issue] = []
+        # (an Identifier of the resource, its stored form) for each one whose stored form differs
+        self.normalised: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
     def error(self, code: str, message: str, path: str) -> None:
         if len(self.issues) < MAX_ISSUES:
@@ -199,7 +220,9 @@ class _Walker:
             if child is None:
                 child = f.child = self.shape(f.shape_key)  # type: ignore[arg-type]
             self.complex(value, child, path)
-            if f.targets is not None:
+            if f.identifier:
+                self.identifier(value, path)
+            elif f.targets is not None:
                 ref = value.get("reference")
                 if isinstance(ref, str):
                     m = REFERENCE_RE.fullmatch(ref)
@@ -227,6 +250,19 @@ class _Walker:
             self.resource(value, _path(parent, key, index), None if f.type == "Resource" else f.type)
         else:
             self.error("structure", f"Unsupported datatype {f.type}", _path(parent, key, index))
+
+    def identifier(self, value: dict[str, Any], path: str) -> None:
+        """Check an Identifier by the Swedish rule its system names and note its stored form when it differs."""
+        system = value.get("system")
+        if system is None or type(system) is not str:
+            return  # no system: nothing to check it by (a missing or wrong-typed one is reported above)
+        try:
+            stored = stored_identifier(value)
+        except InvalidIdentifier as e:
+            self.error("value", str(e), path + ".value")
+            return
+        if stored != value:
+            self.normalised.append((value, stored))
 
     def integer(self, t: str, value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -263,19 +299,31 @@ def _path(parent: str, key: str, index: int) -> str:
 _SHAPES: dict[tuple[str, str], _Shape] = {}
 
 
-def validate(resource: Any, expected_type: str | None = None) -> list[Issue]:
-    """All structural problems in ``resource`` (an empty list when it is valid R4)."""
+def _walk(resource: Any, expected_type: str | None) -> _Walker:
     walker = _Walker(spec(), _SHAPES)
     try:
         walker.resource(resource, "", expected_type)
     except RecursionError:
         rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-        return [Issue("error", "structure", "The resource is nested too deeply to process", [str(rtype or "")])]
-    return walker.issues
+        walker.issues = [
+            Issue("error", "structure", "The resource is nested too deeply to process", [str(rtype or "")])
+        ]
+    return walker
+
+
+def validate(resource: Any, expected_type: str | None = None) -> list[Issue]:
+    """All problems in ``resource`` (an empty list when it is valid R4 and its Swedish identifiers pass)."""
+    return _walk(resource, expected_type).issues
 
 
 def check(resource: Any, expected_type: str | None = None) -> None:
-    """Raise a 400 FhirError listing every problem, or return when the resource is valid."""
-    issues = validate(resource, expected_type)
-    if issues:
+    """Raise a 400 FhirError listing every problem; when the resource is valid, put each of its Swedish
+    identifiers in its stored form (in place: a personnummer written ``YYYYMMDD-NNNC`` or under the RIV OID
+    becomes 12 digits under the URI) and return."""
+    walker = _walk(resource, expected_type)
+    if walker.issues:
+        issues = walker.issues
         raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)
+    for identifier, stored in walker.normalised:
+        identifier.clear()
+        identifier.update(stored)

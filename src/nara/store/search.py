@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.selectable import Alias
 
 from nara.fhir.dates import MAX_DT, MIN_DT, parse_range, utcnow
-from nara.fhir.identifiers import stated_personal_number
+from nara.fhir.identifiers import PERSONNUMMER, normalize_system, stated_personal_number, written_systems
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.pathexpr import parse as parse_expr
 from nara.fhir.query import (
@@ -84,6 +84,17 @@ class SearchResult:
 # ---- helpers ----------------------------------------------------------------------------------
 def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _among(column: Any, values: list[str]) -> ColumnElement[bool]:
+    return column == values[0] if len(values) == 1 else column.in_(values)
+
+
+def _personal_number_forms(system: str, code: str) -> list[str]:
+    """A token's code, and its 12 digits when it is a personal identity number written ``YYYYMMDD-NNNC``: the
+    index holds such a number in 12 digits too, however it was written (R-ID-1)."""
+    number = stated_personal_number(system, code)
+    return [code] if number is None or number == code else [code, number]
 
 
 def _starts_with(col: Any, value: str) -> ColumnElement[bool]:
@@ -418,17 +429,15 @@ class SqlCompiler:
             return _starts_with(t.c.text, normalize(unescape(raw)))
         parts = split_escaped(raw, "|")
         if len(parts) == 1:
-            return t.c.code == unescape(raw)
+            return _among(t.c.code, _personal_number_forms(PERSONNUMMER, unescape(raw)))
         system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
-        if system and code:
-            number = stated_personal_number(system, code)
-            if number is not None and number != code:
-                # YYYYMMDD-NNNC: also by its 12 digits, which the index holds for such a number however it was
-                # written (R-ID-1).
-                return and_(t.c.system == system, t.c.code.in_([code, number]))
-            return and_(t.c.system == system, t.c.code == code)
         if system:
-            return t.c.system == system
+            # A system written as an OID is the stored URI (R-ID-2); data stored before writes were normalised
+            # may still hold the OID, so each written form is searched.
+            systems = sorted(written_systems(normalize_system(system) or system))
+            if code:
+                return and_(_among(t.c.system, systems), _among(t.c.code, _personal_number_forms(system, code)))
+            return _among(t.c.system, systems)
         return and_(t.c.system.is_(None), t.c.code == code)
 
     def _parse_reference(self, raw: str) -> tuple[str | None, str | None, str | None]:
