@@ -960,6 +960,41 @@ def test_r_log_4_an_auditors_review_names_every_patient_whose_log_it_showed(regi
     assert kinds.count("log-review") >= 2, "the patient sees both reviews of her log"
 
 
+@pytest.mark.parametrize("legacy", ["Practitioner", "Patient"])
+def test_r_log_4_own_record_is_flagged_however_the_personal_identity_number_was_stored(
+    region: Region, store: Store, legacy: str
+) -> None:
+    """Records stored before writes were normalised (R-ID-1) keep the number as the feed wrote it (hyphen, RIV
+    OID), and an Identifier may have no value: the staff member who reads her own record is flagged all the
+    same, whichever of the two records (hers or the patient's) is the old one."""
+    anna = region.patients["anna"]
+    rid = "prac-self" if legacy == "Practitioner" else anna
+    with store.transaction() as tx:
+        tx.validate = False  # as a directory or population feed stored it before
+        res = orjson.loads(tx.read(legacy, rid).content or "{}")
+        res["identifier"] = [i for i in res["identifier"] if i["system"] != PNR] + [
+            {"system": "urn:oid:1.2.752.129.2.1.3.1", "value": "19500203-2380"},
+            {"system": PNR},
+        ]
+        tx.update(legacy, rid, res)
+    with region.as_(region.staff["self"].token()) as c:
+        assert c.get(f"Observation?patient={anna}").status_code == 200
+    with region.as_(region.staff["audit"].token()) as c:
+        r = c.get("$log-review", params={"sampleRate": "0", "seed": "1"})
+    assert r.status_code == 200, r.text
+    flagged = {
+        e["resource"]["entity"][0]["what"]["reference"]: next(
+            x["valueString"] for x in e["resource"]["extension"] if x["url"].endswith("review-flags")
+        )
+        for e in r.json()["entry"]
+        if any(
+            a.get("requestor") and a["who"]["identifier"]["value"] == region.staff["self"].hsa
+            for a in e["resource"]["agent"]
+        )
+    }
+    assert "own-record" in flagged.get(f"Patient/{anna}", ""), flagged
+
+
 def test_r_log_4_many_patients_and_random_sample(region: Region, store: Store) -> None:
     with store.transaction() as tx:
         start, end = audit.default_period(1)

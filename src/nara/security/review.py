@@ -10,7 +10,7 @@ from sqlalchemy import select
 from nara.fhir.ids import is_valid_id
 from nara.security import audit
 from nara.security.identity import HSA_SYSTEMS_, by_identifier
-from nara.security.rules import is_personal_identifier
+from nara.security.rules import is_personal_identifier, person_number
 from nara.security.schema import audit_access, audit_event
 from nara.store.crud import Tx
 
@@ -20,7 +20,13 @@ def _addr(a: dict[str, Any]) -> str:
 
 
 def _personal_numbers(res: dict[str, Any]) -> set[str]:
-    return {i["value"] for i in res.get("identifier", []) if is_personal_identifier(i)}
+    """The personal identity numbers of a Practitioner or Patient in one form (12 digits, R-ID-1), also those of a
+    record stored before writes were normalised (with a hyphen, under the RIV OID), so that they compare."""
+    return {
+        person_number(i["system"], i["value"])
+        for i in res.get("identifier", [])
+        if is_personal_identifier(i) and isinstance(i.get("value"), str)
+    }
 
 
 def _surnames(res: dict[str, Any]) -> set[str]:
