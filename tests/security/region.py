@@ -214,15 +214,7 @@ def build_region(fhir: httpx.Client) -> Region:
     # Care relationships: Anna is listed at the health centre, admitted to the ward, and receives home
     # health care; the hidden patient is listed at the health centre.
     for unit, pid in ((VC, "anna"), (HSV, "anna"), (VC, "hidden"), (VC, "child"), (VC, "teen")):
-        reg.put(
-            {
-                "resourceType": "EpisodeOfCare",
-                "id": f"eoc-{pid}-{unit[-3:].lower()}",
-                "status": "active",
-                "patient": {"reference": f"Patient/pat-{pid}"},
-                "managingOrganization": {"reference": f"Organization/{unit}"},
-            }
-        )
+        reg.put(episode_of_care(f"eoc-{pid}-{unit[-3:].lower()}", f"pat-{pid}", unit))
     reg.put(
         {
             "resourceType": "Encounter",
@@ -234,6 +226,17 @@ def build_region(fhir: httpx.Client) -> Region:
         }
     )
     return reg
+
+
+def episode_of_care(eoc_id: str, patient_id: str, unit: str) -> dict[str, Any]:
+    """An active episode of care at ``unit``: the patient's care relationship there."""
+    return {
+        "resourceType": "EpisodeOfCare",
+        "id": eoc_id,
+        "status": "active",
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "managingOrganization": {"reference": f"Organization/{unit}"},
+    }
 
 
 def observation(patient_id: str, code: str, value: float, text: str = "") -> dict[str, Any]:

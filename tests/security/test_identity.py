@@ -32,6 +32,7 @@ from tests.security.region import (
     actor,
     build_region,
     consent,
+    episode_of_care,
     ids,
     luhn_pnr,
     observation,
@@ -439,6 +440,49 @@ def test_r_id_1_a_number_written_with_a_hyphen_or_in_ten_digits_is_stored_in_twe
     assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["Patient.identifier[0].value"]
     assert "Luhn" in refused.json()["issue"][0]["diagnostics"]
     assert region.fhir.get("Patient", params={"_summary": "count"}).json()["total"] == before
+
+
+def test_r_id_1_a_staff_edit_keeps_the_register_number_as_stored_and_gives_the_record_to_no_one_else(
+    region: Region, store: Store
+) -> None:
+    """A staff member edits a Patient stored before writes were normalised; the register's number is put back as
+    stored (only its feed changes it). It is not read again on the day of the edit: a woman written
+    ``YYMMDD-NNNC`` at 99 who has turned 100 since keeps her number, and the baby born a century after her with the
+    same ten digits does not log in to her record. Nor is the edit refused for a stored number that fails the
+    Luhn check, which the staff member neither sent nor may change."""
+    today = date.today()
+    born = (today - timedelta(days=30)).replace(year=today.year - 100)  # turned 100 a month ago
+    number = make_personal_identity(born, 482)
+    ten, right = f"{number[2:8]}-{number[8:]}", luhn_pnr(date(1951, 5, 5), 123)
+    wrong = right[:-1] + str((int(right[-1]) + 1) % 10)  # the Luhn check fails
+    with store.transaction() as tx:
+        tx.validate = False  # as the register's feed stored them before
+        for pid, value in (("elder", ten), ("misspelt", wrong)):
+            tx.update(
+                "Patient",
+                pid,
+                {
+                    "resourceType": "Patient",
+                    "id": pid,
+                    "identifier": [{"system": PNR, "value": value}],
+                    "name": [{"family": "Hundra"}],
+                },
+            )
+    for pid in ("elder", "misspelt"):
+        region.put(episode_of_care(f"eoc-{pid}", pid, VC))
+    with region.as_(region.staff["vc"].token()) as c:
+        for pid in ("elder", "misspelt"):
+            body = {
+                "resourceType": "Patient",
+                "id": pid,
+                "name": [{"family": "Hundra"}],
+                "telecom": [{"system": "phone", "value": "019-123456"}],
+            }
+            r = c.put(f"Patient/{pid}", content=orjson.dumps(body), headers=JSON)
+            assert r.status_code == 200, r.text
+    assert region.fhir.get("Patient/elder").json()["identifier"] == [{"system": PNR, "value": ten}]
+    assert region.fhir.get("Patient/misspelt").json()["identifier"] == [{"system": PNR, "value": wrong}]
+    assert own_data(token("20" + number[2:], "citizen"), region) == (set(), set())  # the baby's number
 
 
 def test_r_id_1_a_number_on_two_live_records_identifies_no_one_and_a_deleted_record_none(region: Region) -> None:

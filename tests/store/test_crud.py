@@ -6,11 +6,13 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from nara.fhir.identifiers import make_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.store.schema import resource, resource_history, sp_string, sp_token
 from nara.store.search import search_ids
@@ -136,6 +138,61 @@ def test_if_match_and_patch_versions(store: Store) -> None:
     with store.transaction() as tx, pytest.raises(FhirError) as bad:
         tx.update("Patient", "p", {**patient(), "id": "p"}, if_match="nonsense")
     assert bad.value.status == 400
+
+
+def test_r_id_1_an_identifier_the_version_before_had_is_kept_as_it_was_written(store: Store) -> None:
+    """R-ID-1 applies to the numbers a write brings. A number the stored version already has, exactly as written
+    (a record stored before writes were normalised: a 10-digit form, one that fails the Luhn check), is kept as it
+    is by an edit that leaves it alone: it is not read again on the day of the edit, where a hyphenated
+    ``YYMMDD-NNNC`` of a woman who has turned 100 since it was written would become a baby's 12 digits; and the
+    edit is not refused for a number its writer did not send. A number the edit brings is checked and normalised."""
+    uri = "http://electronichealth.se/identifier/personnummer"
+    today = date.today()
+    born = (today - timedelta(days=30)).replace(year=today.year - 100)  # turned 100 a month ago
+    number = make_personal_identity(born, 482)
+    ten = f"{number[2:8]}-{number[8:]}"  # as written when she was 99
+    wrong = "191212121213"  # fails the Luhn check
+    with store.transaction() as tx:
+        tx.validate = False  # stored before writes were normalised
+        tx.update("Patient", "elder", {**patient(), "id": "elder", "identifier": [{"system": uri, "value": ten}]})
+        tx.update("Patient", "wrong", {**patient(), "id": "wrong", "identifier": [{"system": uri, "value": wrong}]})
+        subject = {"identifier": {"system": uri, "value": ten}}
+        tx.update("Observation", "o", {**bp("elder"), "id": "o", "subject": subject})
+    with store.transaction() as tx:
+        tx.patch("Observation", "o", [{"op": "add", "path": "/note", "value": [{"text": "Kontrollerad"}]}])
+        tx.patch("Patient", "elder", [{"op": "replace", "path": "/gender", "value": "female"}])
+        tx.update(
+            "Patient", "wrong", {**patient(family="Ny"), "id": "wrong", "identifier": [{"system": uri, "value": wrong}]}
+        )
+    with store.transaction() as tx:
+        assert tx.read("Observation", "o").resource()["subject"] == subject
+        assert tx.read("Patient", "elder").resource()["identifier"] == [{"system": uri, "value": ten}]
+        assert tx.read("Patient", "wrong").resource()["identifier"] == [{"system": uri, "value": wrong}]
+    # What an edit brings is checked as on any write: a second number, written with its century, is normalised,
+    # and a wrong one is refused with nothing changed.
+    added = [
+        {
+            "op": "add",
+            "path": "/identifier/-",
+            "value": {"system": "urn:oid:1.2.752.129.2.1.3.1", "value": "19121212-1212"},
+        }
+    ]
+    with store.transaction() as tx:
+        tx.patch("Patient", "elder", added)
+    with store.transaction() as tx:
+        assert tx.read("Patient", "elder").resource()["identifier"] == [
+            {"system": uri, "value": ten},
+            {"system": uri, "value": "191212121212"},
+        ]
+    with store.transaction() as tx, pytest.raises(FhirError) as refused:
+        tx.patch(
+            "Patient",
+            "wrong",
+            [{"op": "add", "path": "/identifier/-", "value": {"system": uri, "value": "191212121214"}}],
+        )
+    assert refused.value.status == 400
+    with store.transaction() as tx:
+        assert tx.read("Patient", "wrong").version == 2  # the refused patch wrote nothing
 
 
 def test_conditional_delete_of_many_is_bounded(store: Store) -> None:

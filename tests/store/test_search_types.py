@@ -173,6 +173,55 @@ def test_r_id_2_a_personal_number_is_found_under_the_uri_or_either_oid_however_i
     assert idset(store, "Patient", "identifier=urn:oid:1.2.752.129.2.1.3.3|191212121212") == set()
 
 
+def test_r_id_2_a_reference_identifier_is_found_in_the_form_its_writer_wrote_it(store: Store) -> None:
+    """``:identifier`` on a reference takes the same forms as a token search: a client that writes a subject's
+    personnummer under the RIV OID or with a hyphen (stored as 12 digits under the URI, R-ID-1) and then searches
+    with that very identifier finds its record; so does one that sends an HSA-id under Inera's RIV OID, and a
+    search by the stored form finds a reference stored before writes were normalised."""
+    uri, oid = "http://electronichealth.se/identifier/personnummer", "1.2.752.129.2.1.3.1"
+    riv_hsa, hsa = "urn:oid:1.2.752.129.2.1.4.1", "urn:oid:1.2.752.29.4.19"
+    load(
+        store,
+        obs("o1", subject={"identifier": {"system": "urn:oid:" + oid, "value": "19121212-1212"}}),
+        obs("o2", subject={"identifier": {"system": uri, "value": "19480609-3714"}}),
+        obs("o3", performer=[{"identifier": {"system": riv_hsa, "value": "SE2321000032-ABC"}}]),
+    )
+    with store.transaction() as tx:
+        tx.validate = False  # a reference stored before writes were normalised: as the feed wrote it
+        tx.update("Observation", "o4", obs("o4", subject={"identifier": {"system": oid, "value": "19500203-2380"}}))
+    for system in (uri, oid, "urn:oid:" + oid):
+        assert idset(store, "Observation", f"subject:identifier={system}|19121212-1212") == {"o1"}, system
+        assert idset(store, "Observation", f"subject:identifier={system}|191212121212") == {"o1"}, system
+        assert idset(store, "Observation", f"subject:identifier={system}|19480609-3714") == {"o2"}, system
+        assert idset(store, "Observation", f"subject:identifier={system}|195002032380") == {"o4"}, system
+        assert idset(store, "Observation", f"subject:identifier={system}|") == {"o1", "o2", "o4"}, system
+    assert idset(store, "Observation", "subject:identifier=19121212-1212") == {"o1"}
+    for system in (riv_hsa, hsa):
+        assert idset(store, "Observation", f"performer:identifier={system}|SE2321000032-ABC") == {"o3"}, system
+    assert idset(store, "Observation", "subject:identifier=urn:oid:1.2.752.129.2.1.3.3|191212121212") == set()
+
+
+def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today(store: Store) -> None:
+    """A write reads a ``YYMMDD-NNNC`` number's century on its day and stores the 12 digits; a search with the same
+    10 digits reads it on its day too, so a client that writes and then looks up (If-None-Exist, a conditional
+    update or reference) by the number it has finds the record. A 10-digit form stored before writes were
+    normalised is still found as written."""
+    uri = "http://electronichealth.se/identifier/personnummer"
+    load(store, patient("p10", "Tio", "Siffror", identifier=[{"system": uri, "value": "121212-1212"}]))
+    with store.transaction() as tx:
+        tx.validate = False
+        old = patient("old", "Gammal", "Tio", identifier=[{"system": uri, "value": "480609-3714"}])
+        tx.update("Patient", "old", old)
+    assert idset(store, "Patient", f"identifier={uri}|121212-1212") == {"p10"}
+    assert idset(store, "Patient", f"identifier={uri}|1212121212") == {"p10"}
+    assert idset(store, "Patient", "identifier=121212-1212") == {"p10"}
+    assert idset(store, "Patient", f"identifier={uri}|480609-3714") == {"old"}
+    body = {"resourceType": "Patient", "identifier": [{"system": uri, "value": "121212-1212"}]}
+    with store.transaction() as tx:
+        again = tx.create(body, "Patient", if_none_exist=f"identifier={uri}|121212-1212")
+    assert again.created is False and again.stored is not None and again.stored.res_id == "p10"
+
+
 def test_token_escaped_separators(store: Store) -> None:
     load(store, patient("p1", "A", "B", identifier=[{"system": "urn:sys", "value": "a|b,c"}]))
     assert idset(store, "Patient", r"identifier=urn:sys|a\|b\,c") == {"p1"}

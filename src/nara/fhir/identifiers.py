@@ -176,6 +176,23 @@ def stated_personal_number(system: str | None, value: str) -> str | None:
     return personal_number(system, value) if _CENTURY_FORM.fullmatch(value.strip()) else None
 
 
+def written_identifiers(resource: Any) -> frozenset[tuple[str, str]]:
+    """The (system, value) of every object in ``resource`` (stored JSON) that has a string system and value, as
+    written: its Identifiers (and ContactPoints, which no identifier rule concerns), for ``validation.check``."""
+    found: set[tuple[str, str]] = set()
+    stack = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            system, value = item.get("system"), item.get("value")
+            if type(system) is str and type(value) is str:
+                found.add((system, value))
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
+    return frozenset(found)
+
+
 def normalize_system(system: str | None) -> str | None:
     """The stored identifier system for an inbound one: RIV OIDs map to the HL7 Sweden URIs (R-ID-2)."""
     if system is None:

@@ -18,6 +18,7 @@ docs/adr/0002-validator.md for the choice of a table-driven walker over a JSON-s
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from nara.fhir.identifiers import InvalidIdentifier, stored_identifier
@@ -27,6 +28,8 @@ from nara.fhir.spec import JSON_INT_PRIMITIVES, JSON_STRING_PRIMITIVES, ElementD
 ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_ISSUES = 50
+# The (system, value) pairs of the identifiers of the version a write replaces, asked for when needed.
+Kept = Callable[[], frozenset[tuple[str, str]]]
 REFERENCE_RE = re.compile(r"([A-Z][A-Za-z]+)/[A-Za-z0-9\-\.]{1,64}(/_history/[A-Za-z0-9\-\.]{1,64})?")
 
 
@@ -103,14 +106,16 @@ class _Shape:
 
 
 class _Walker:
-    __slots__ = ("issues", "normalised", "shapes", "spec")
+    __slots__ = ("issues", "kept", "kept_pairs", "normalised", "shapes", "spec")
 
-    def __init__(self, sp: Spec, shapes: dict[tuple[str, str], _Shape]) -> None:
+    def __init__(self, sp: Spec, shapes: dict[tuple[str, str], _Shape], kept: Kept | None = None) -> None:
         self.spec = sp
         self.shapes = shapes
         self.issues: list[Issue] = []
         # (an Identifier of the resource, its stored form) for each one whose stored form differs
         self.normalised: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        self.kept = kept  # the identifiers the stored version has, asked for when one would be changed or refused
+        self.kept_pairs: frozenset[tuple[str, str]] | None = None
 
     def error(self, code: str, message: str, path: str) -> None:
         if len(self.issues) < MAX_ISSUES:
@@ -259,10 +264,21 @@ class _Walker:
         try:
             stored = stored_identifier(value)
         except InvalidIdentifier as e:
-            self.error("value", str(e), path + ".value")
+            if not self.was_stored(system, value):
+                self.error("value", str(e), path + ".value")
             return
-        if stored != value:
+        if stored != value and not self.was_stored(system, value):
             self.normalised.append((value, stored))
+
+    def was_stored(self, system: str, value: dict[str, Any]) -> bool:
+        """Whether the version before already has this identifier exactly as written: R-ID-1 applies to the
+        numbers a write brings, not to one it keeps (read again on another day, a 10-digit form could name
+        another person; a writer cannot be refused for a number it did not send)."""
+        if self.kept is None:
+            return False
+        if self.kept_pairs is None:
+            self.kept_pairs = self.kept()
+        return (system, value.get("value")) in self.kept_pairs
 
     def integer(self, t: str, value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -299,8 +315,8 @@ def _path(parent: str, key: str, index: int) -> str:
 _SHAPES: dict[tuple[str, str], _Shape] = {}
 
 
-def _walk(resource: Any, expected_type: str | None) -> _Walker:
-    walker = _Walker(spec(), _SHAPES)
+def _walk(resource: Any, expected_type: str | None, kept: Kept | None = None) -> _Walker:
+    walker = _Walker(spec(), _SHAPES, kept)
     try:
         walker.resource(resource, "", expected_type)
     except RecursionError:
@@ -316,11 +332,13 @@ def validate(resource: Any, expected_type: str | None = None) -> list[Issue]:
     return _walk(resource, expected_type).issues
 
 
-def check(resource: Any, expected_type: str | None = None) -> None:
+def check(resource: Any, expected_type: str | None = None, kept: Kept | None = None) -> None:
     """Raise a 400 FhirError listing every problem; when the resource is valid, put each of its Swedish
     identifiers in its stored form (in place: a personnummer written ``YYYYMMDD-NNNC`` or under the RIV OID
-    becomes 12 digits under the URI) and return."""
-    walker = _walk(resource, expected_type)
+    becomes 12 digits under the URI) and return. For a new version, ``kept`` gives the (system, value) pairs of
+    the identifiers the version before has (``written_identifiers``); one of those, exactly as written, is left as
+    it is."""
+    walker = _walk(resource, expected_type, kept)
     if walker.issues:
         issues = walker.issues
         raise FhirError(400, issues[0].code, issues[0].diagnostics, issues=issues)

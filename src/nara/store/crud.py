@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Select, bindparam, insert, literal, select, u
 
 from nara.fhir import validation
 from nara.fhir.dates import instant, utcnow
-from nara.fhir.identifiers import personal_number
+from nara.fhir.identifiers import personal_number, written_identifiers
 from nara.fhir.ids import is_valid_id, new_id
 from nara.fhir.outcome import FhirError, invalid, not_found
 from nara.fhir.searchparams import carrier_reference, compartment_patient, extract, patient_compartment_params
@@ -374,7 +374,11 @@ class Tx:
         return self.conn.execute(q).first() is not None
 
     # ---- writes --------------------------------------------------------------------------------
-    def _prepare(self, body: Any, rtype: str, rid: str, version: int, now: datetime) -> tuple[dict[str, Any], str]:
+    def _prepare(
+        self, body: Any, rtype: str, rid: str, version: int, now: datetime, kept: validation.Kept | None = None
+    ) -> tuple[dict[str, Any], str]:
+        """The resource as stored (server meta, the writer's label), validated: ``kept`` gives the identifiers of
+        the version it replaces (``validation.check``)."""
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object (a FHIR resource)")
         if body.get("resourceType") != rtype:
@@ -390,7 +394,7 @@ class Tx:
         if self.policy is not None:
             res = self.policy.labelled_for_writer(res)
         if self.validate:
-            validation.check(res)
+            validation.check(res, kept=kept)
         try:
             return res, orjson.dumps(res).decode()
         except orjson.JSONEncodeError:
@@ -616,7 +620,7 @@ class Tx:
             body = self.policy.keep_register_data(self, rtype, existing, body)
         version = cur.version + 1
         now = self._now_after(cur.last_updated)
-        res, text = self._prepare(body, rtype, rid, version, now)
+        res, text = self._prepare(body, rtype, rid, version, now, self._kept_identifiers(cur, existing))
         rows, patient, mask = self._index(res)
         owner_org, owner_unit = self._owner(cur)
         if self.policy is not None:
@@ -646,6 +650,19 @@ class Tx:
         st = Stored(cur.rid, rtype, rid, version, now, False, text, patient, method, owner_org, owner_unit, res)
         self._after(method, st)
         return WriteResult(201 if cur.deleted else 200, st, created=bool(cur.deleted))
+
+    def _kept_identifiers(self, cur: Any, existing: dict[str, Any] | None) -> validation.Kept:
+        """The identifiers of ``cur``'s stored content, for ``validation.check`` (read only when it asks)."""
+
+        def kept() -> frozenset[tuple[str, str]]:
+            if existing is not None:
+                return written_identifiers(existing)
+            content = self.conn.execute(
+                select(json_out(resource.c.content, self.pg)).where(resource.c.rid == cur.rid)
+            ).scalar()
+            return written_identifiers(orjson.loads(content)) if content is not None else frozenset()
+
+        return kept
 
     def patch(self, rtype: str, rid: str, patch: Any, *, if_match: str | None = None) -> WriteResult:
         """JSON Patch (RFC 6902) applied to the current version."""

@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.selectable import Alias
 
 from nara.fhir.dates import MAX_DT, MIN_DT, parse_range, utcnow
-from nara.fhir.identifiers import PERSONNUMMER, normalize_system, stated_personal_number, written_systems
+from nara.fhir.identifiers import PERSONNUMMER, normalize_system, personal_number, written_systems
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.pathexpr import parse as parse_expr
 from nara.fhir.query import (
@@ -91,10 +91,15 @@ def _among(column: Any, values: list[str]) -> ColumnElement[bool]:
 
 
 def _personal_number_forms(system: str, code: str) -> list[str]:
-    """A token's code, and its 12 digits when it is a personal identity number written ``YYYYMMDD-NNNC``: the
-    index holds such a number in 12 digits too, however it was written (R-ID-1)."""
-    number = stated_personal_number(system, code)
-    return [code] if number is None or number == code else [code, number]
+    """A token's code, and its 12 digits when it is a personal identity number written another way (R-ID-1): a
+    write stores such a number in 12 digits, a 10-digit form's century read on the day of the write, so a search
+    reads it on its own day the same way (what a write of it today stores); the code as written finds a record
+    stored before writes were normalised, and the 12 digits written ``YYYYMMDD-NNNC`` a reference stored so
+    (a token's index has that form's 12 digits too)."""
+    number = personal_number(system, code)
+    if number is None:
+        return [code]
+    return list(dict.fromkeys((code, number, f"{number[:8]}-{number[8:]}")))
 
 
 def _starts_with(col: Any, value: str) -> ColumnElement[bool]:
@@ -460,13 +465,18 @@ class SqlCompiler:
 
     def _reference(self, c: Criterion, t: Any, raw: str) -> ColumnElement[bool]:
         if c.modifier == "identifier":
+            # The forms of a token search on an Identifier (R-ID-1, R-ID-2): a reference's identifier is stored
+            # normalised as any other.
             parts = split_escaped(raw, "|")
             if len(parts) == 1:
-                return t.c.id_value == unescape(raw)
+                return _among(t.c.id_value, _personal_number_forms(PERSONNUMMER, unescape(raw)))
             system, value = unescape(parts[0]), unescape("|".join(parts[1:]))
-            conds = [t.c.id_value == value] if value else []
-            conds.append(t.c.id_system == system if system else t.c.id_system.is_(None))
-            return and_(*conds)
+            if not system:
+                return and_(t.c.id_system.is_(None), t.c.id_value == value)
+            systems = sorted(written_systems(normalize_system(system) or system))
+            if not value:
+                return _among(t.c.id_system, systems)
+            return and_(_among(t.c.id_system, systems), _among(t.c.id_value, _personal_number_forms(system, value)))
         rtype, rid, url = self._parse_reference(raw)
         if rid is None:
             return t.c.url == url
