@@ -169,7 +169,7 @@ def test_r_id_1_an_identifier_the_version_before_had_is_kept_as_it_was_written(s
         assert tx.read("Patient", "elder").resource()["identifier"] == [{"system": uri, "value": ten}]
         assert tx.read("Patient", "wrong").resource()["identifier"] == [{"system": uri, "value": wrong}]
     # What an edit brings is checked as on any write: a second number, written with its century, is normalised,
-    # and a wrong one is refused with nothing changed.
+    # and a wrong one is refused with nothing changed, also the stored wrong number written in another place.
     added = [
         {
             "op": "add",
@@ -184,15 +184,15 @@ def test_r_id_1_an_identifier_the_version_before_had_is_kept_as_it_was_written(s
             {"system": uri, "value": ten},
             {"system": uri, "value": "191212121212"},
         ]
-    with store.transaction() as tx, pytest.raises(FhirError) as refused:
-        tx.patch(
-            "Patient",
-            "wrong",
-            [{"op": "add", "path": "/identifier/-", "value": {"system": uri, "value": "191212121214"}}],
-        )
-    assert refused.value.status == 400
+    for path, value in (
+        ("/identifier/-", {"system": uri, "value": "191212121214"}),
+        ("/generalPractitioner", [{"identifier": {"system": uri, "value": wrong}}]),
+    ):
+        with store.transaction() as tx, pytest.raises(FhirError) as refused:
+            tx.patch("Patient", "wrong", [{"op": "add", "path": path, "value": value}])
+        assert refused.value.status == 400 and "Luhn" in str(refused.value), path
     with store.transaction() as tx:
-        assert tx.read("Patient", "wrong").version == 2  # the refused patch wrote nothing
+        assert tx.read("Patient", "wrong").version == 2  # the refused patches wrote nothing
 
 
 def test_conditional_delete_of_many_is_bounded(store: Store) -> None:

@@ -176,20 +176,23 @@ def stated_personal_number(system: str | None, value: str) -> str | None:
     return personal_number(system, value) if _CENTURY_FORM.fullmatch(value.strip()) else None
 
 
-def written_identifiers(resource: Any) -> frozenset[tuple[str, str]]:
-    """The (system, value) of every object in ``resource`` (stored JSON) that has a string system and value, as
-    written: its Identifiers (and ContactPoints, which no identifier rule concerns), for ``validation.check``."""
-    found: set[tuple[str, str]] = set()
-    stack = [resource]
+def written_identifiers(resource: Any) -> frozenset[tuple[str, str, str]]:
+    """Where and how ``resource`` (stored JSON) writes each object that has a string system and value: (its path
+    without list positions, such as ``Patient.identifier``, its system, its value), for ``validation.check``.
+    Its Identifiers, and ContactPoints, which no identifier rule concerns; the path keeps a value written in one
+    place from passing as kept in another."""
+    found: set[tuple[str, str, str]] = set()
+    root = resource.get("resourceType") if isinstance(resource, dict) else None
+    stack: list[tuple[str, Any]] = [(root if isinstance(root, str) else "", resource)]
     while stack:
-        item = stack.pop()
+        path, item = stack.pop()
         if isinstance(item, dict):
             system, value = item.get("system"), item.get("value")
             if type(system) is str and type(value) is str:
-                found.add((system, value))
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+                found.add((path, system, value))
+            stack.extend((f"{path}.{k}", v) for k, v in item.items() if isinstance(v, (dict, list)))
         elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            stack.extend((path, v) for v in item if isinstance(v, (dict, list)))
     return frozenset(found)
 
 

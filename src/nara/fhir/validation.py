@@ -28,8 +28,10 @@ from nara.fhir.spec import JSON_INT_PRIMITIVES, JSON_STRING_PRIMITIVES, ElementD
 ID_RE = re.compile(r"[A-Za-z0-9\-\.]{1,64}")
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 MAX_ISSUES = 50
-# The (system, value) pairs of the identifiers of the version a write replaces, asked for when needed.
-Kept = Callable[[], frozenset[tuple[str, str]]]
+# Where and how the version a write replaces writes its identifiers (``identifiers.written_identifiers``: path
+# without list positions, system, value), asked for when needed.
+Kept = Callable[[], frozenset[tuple[str, str, str]]]
+_POSITIONS = re.compile(r"\[\d+\]")
 REFERENCE_RE = re.compile(r"([A-Z][A-Za-z]+)/[A-Za-z0-9\-\.]{1,64}(/_history/[A-Za-z0-9\-\.]{1,64})?")
 
 
@@ -115,7 +117,7 @@ class _Walker:
         # (an Identifier of the resource, its stored form) for each one whose stored form differs
         self.normalised: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.kept = kept  # the identifiers the stored version has, asked for when one would be changed or refused
-        self.kept_pairs: frozenset[tuple[str, str]] | None = None
+        self.kept_pairs: frozenset[tuple[str, str, str]] | None = None
 
     def error(self, code: str, message: str, path: str) -> None:
         if len(self.issues) < MAX_ISSUES:
@@ -264,21 +266,21 @@ class _Walker:
         try:
             stored = stored_identifier(value)
         except InvalidIdentifier as e:
-            if not self.was_stored(system, value):
+            if not self.was_stored(system, value, path):
                 self.error("value", str(e), path + ".value")
             return
-        if stored != value and not self.was_stored(system, value):
+        if stored != value and not self.was_stored(system, value, path):
             self.normalised.append((value, stored))
 
-    def was_stored(self, system: str, value: dict[str, Any]) -> bool:
-        """Whether the version before already has this identifier exactly as written: R-ID-1 applies to the
-        numbers a write brings, not to one it keeps (read again on another day, a 10-digit form could name
-        another person; a writer cannot be refused for a number it did not send)."""
+    def was_stored(self, system: str, value: dict[str, Any], path: str) -> bool:
+        """Whether the version before already has this identifier exactly as written, in the same place: R-ID-1
+        applies to the numbers a write brings, not to one it keeps (read again on another day, a 10-digit form
+        could name another person; a writer cannot be refused for a number it did not send)."""
         if self.kept is None:
             return False
         if self.kept_pairs is None:
             self.kept_pairs = self.kept()
-        return (system, value.get("value")) in self.kept_pairs
+        return (_POSITIONS.sub("", path), system, value.get("value")) in self.kept_pairs
 
     def integer(self, t: str, value: Any, path: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -336,8 +338,8 @@ def check(resource: Any, expected_type: str | None = None, kept: Kept | None = N
     """Raise a 400 FhirError listing every problem; when the resource is valid, put each of its Swedish
     identifiers in its stored form (in place: a personnummer written ``YYYYMMDD-NNNC`` or under the RIV OID
     becomes 12 digits under the URI) and return. For a new version, ``kept`` gives the (system, value) pairs of
-    the identifiers the version before has (``written_identifiers``); one of those, exactly as written, is left as
-    it is."""
+    the identifiers the version before has (``written_identifiers``); one of those, exactly as written and in the
+    same place, is left as it is."""
     walker = _walk(resource, expected_type, kept)
     if walker.issues:
         issues = walker.issues

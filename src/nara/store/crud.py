@@ -654,7 +654,7 @@ class Tx:
     def _kept_identifiers(self, cur: Any, existing: dict[str, Any] | None) -> validation.Kept:
         """The identifiers of ``cur``'s stored content, for ``validation.check`` (read only when it asks)."""
 
-        def kept() -> frozenset[tuple[str, str]]:
+        def kept() -> frozenset[tuple[str, str, str]]:
             if existing is not None:
                 return written_identifiers(existing)
             content = self.conn.execute(
