@@ -207,7 +207,11 @@ def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today(store: 
     update or reference) by the number it has finds the record. A 10-digit form stored before writes were
     normalised is still found as written."""
     uri = "http://electronichealth.se/identifier/personnummer"
-    load(store, patient("p10", "Tio", "Siffror", identifier=[{"system": uri, "value": "121212-1212"}]))
+    load(
+        store,
+        patient("p10", "Tio", "Siffror", identifier=[{"system": uri, "value": "121212-1212"}]),
+        patient("order", "Order", "Nummer", identifier=[{"system": "urn:orders", "value": "1212121212"}]),
+    )
     with store.transaction() as tx:
         tx.validate = False
         old = patient("old", "Gammal", "Tio", identifier=[{"system": uri, "value": "480609-3714"}])
@@ -215,6 +219,8 @@ def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today(store: 
     assert idset(store, "Patient", f"identifier={uri}|121212-1212") == {"p10"}
     assert idset(store, "Patient", f"identifier={uri}|1212121212") == {"p10"}
     assert idset(store, "Patient", "identifier=121212-1212") == {"p10"}
+    # Without a system, ten bare digits are as often another kind of number: matched as written only.
+    assert idset(store, "Patient", "identifier=1212121212") == {"order"}
     assert idset(store, "Patient", f"identifier={uri}|480609-3714") == {"old"}
     body = {"resourceType": "Patient", "identifier": [{"system": uri, "value": "121212-1212"}]}
     with store.transaction() as tx:

@@ -12,6 +12,7 @@ only that patient's data however large the store grows.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -100,6 +101,17 @@ def _personal_number_forms(system: str, code: str) -> list[str]:
     if number is None:
         return [code]
     return list(dict.fromkeys((code, number, f"{number[:8]}-{number[8:]}")))
+
+
+# A code without a system is taken for a personal identity number only when written as one is written: with its
+# century (YYYYMMDDNNNC, YYYYMMDD-NNNC) or as YYMMDD-NNNC / YYMMDD+NNNC. Ten bare digits are as often a phone or
+# order number, matched as written only.
+_WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+]\d{4}")
+
+
+def _number_forms_without_system(code: str) -> list[str]:
+    """A systemless token's code, and its personal-number forms when it is written as a personal identity number."""
+    return _personal_number_forms(PERSONNUMMER, code) if _WRITTEN_AS_NUMBER.fullmatch(code.strip()) else [code]
 
 
 def _starts_with(col: Any, value: str) -> ColumnElement[bool]:
@@ -434,7 +446,7 @@ class SqlCompiler:
             return _starts_with(t.c.text, normalize(unescape(raw)))
         parts = split_escaped(raw, "|")
         if len(parts) == 1:
-            return _among(t.c.code, _personal_number_forms(PERSONNUMMER, unescape(raw)))
+            return _among(t.c.code, _number_forms_without_system(unescape(raw)))
         system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
         if system:
             # A system written as an OID is the stored URI (R-ID-2); data stored before writes were normalised
@@ -469,7 +481,7 @@ class SqlCompiler:
             # normalised as any other.
             parts = split_escaped(raw, "|")
             if len(parts) == 1:
-                return _among(t.c.id_value, _personal_number_forms(PERSONNUMMER, unescape(raw)))
+                return _among(t.c.id_value, _number_forms_without_system(unescape(raw)))
             system, value = unescape(parts[0]), unescape("|".join(parts[1:]))
             if not system:
                 return and_(t.c.id_system.is_(None), t.c.id_value == value)
