@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import orjson
 import pytest
 
+from nara.fhir.identifiers import make_personal_identity
 from nara.fhir.outcome import FhirError
 from nara.store.store import Store
 from tests.store.search_fixtures import idset, load
@@ -201,31 +203,99 @@ def test_r_id_2_a_reference_identifier_is_found_in_the_form_its_writer_wrote_it(
     assert idset(store, "Observation", "subject:identifier=urn:oid:1.2.752.129.2.1.3.3|191212121212") == set()
 
 
-def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today(store: Store) -> None:
+def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today_and_never_a_century_earlier(
+    store: Store,
+) -> None:
     """A write reads a ``YYMMDD-NNNC`` number's century on its day and stores the 12 digits; a search with the same
     10 digits reads it on its day too, so a client that writes and then looks up (If-None-Exist, a conditional
-    update or reference) by the number it has finds the record. A 10-digit form stored before writes were
-    normalised is still found as written."""
+    update or reference) by the number it has finds the record. A record stored in ten digits before writes were
+    normalised is not matched by them: written when she was 99, the woman who has turned 100 since has the digits
+    of a baby born a month ago, and a conditional create of the baby must not find (nor an update overwrite) her
+    record."""
     uri = "http://electronichealth.se/identifier/personnummer"
+    today = date.today()
+    born = (today - timedelta(days=30)).replace(year=today.year - 100)  # turned 100 a month ago
+    elder = make_personal_identity(born, 482)
+    ten = f"{elder[2:8]}-{elder[8:]}"  # hers as written a year ago; the baby's read today
     load(
         store,
         patient("p10", "Tio", "Siffror", identifier=[{"system": uri, "value": "121212-1212"}]),
         patient("order", "Order", "Nummer", identifier=[{"system": "urn:orders", "value": "1212121212"}]),
+        patient("other", "Annat", "System", identifier=[{"system": "urn:orders", "value": ten}]),
     )
     with store.transaction() as tx:
-        tx.validate = False
-        old = patient("old", "Gammal", "Tio", identifier=[{"system": uri, "value": "480609-3714"}])
-        tx.update("Patient", "old", old)
+        tx.validate = False  # stored before writes were normalised
+        tx.update("Patient", "elder", patient("elder", "Hundra", "År", identifier=[{"system": uri, "value": ten}]))
     assert idset(store, "Patient", f"identifier={uri}|121212-1212") == {"p10"}
     assert idset(store, "Patient", f"identifier={uri}|1212121212") == {"p10"}
     assert idset(store, "Patient", "identifier=121212-1212") == {"p10"}
     # Without a system, ten bare digits are as often another kind of number: matched as written only.
     assert idset(store, "Patient", "identifier=1212121212") == {"order"}
-    assert idset(store, "Patient", f"identifier={uri}|480609-3714") == {"old"}
     body = {"resourceType": "Patient", "identifier": [{"system": uri, "value": "121212-1212"}]}
     with store.transaction() as tx:
         again = tx.create(body, "Patient", if_none_exist=f"identifier={uri}|121212-1212")
     assert again.created is False and again.stored is not None and again.stored.res_id == "p10"
+    for system in (uri, "urn:oid:1.2.752.129.2.1.3.1"):
+        assert idset(store, "Patient", f"identifier={system}|{ten}") == set(), system
+    assert idset(store, "Patient", f"identifier={ten}") == {"other"}  # as written under another system only
+    baby = {"resourceType": "Patient", "identifier": [{"system": uri, "value": ten}]}
+    with store.transaction() as tx:
+        made = tx.create(baby, "Patient", if_none_exist=f"identifier={uri}|{ten}")
+    assert made.created and made.stored is not None and made.stored.res_id != "elder"
+    assert made.stored.resource()["identifier"] == [{"system": uri, "value": "20" + elder[2:]}]
+    assert idset(store, "Patient", f"identifier={uri}|{ten}") == {made.stored.res_id}
+
+
+def test_a_code_without_a_system_finds_a_personal_numbers_other_forms_only_under_its_system(store: Store) -> None:
+    """A code without a system matches that code under any system (R4 search §3.1.1.4.9). Written as a personal
+    identity number, it finds the number's other forms too, but only under a personal identity number's system:
+    an order number that happens to be a personnummer's digits, in any of its forms, finds no other order, and a
+    conditional update by it changes its own order and no other."""
+    uri, order = "http://electronichealth.se/identifier/personnummer", "urn:example:order-number"
+
+    def request(rid: str, system: str, value: str) -> dict[str, Any]:
+        return {
+            "resourceType": "ServiceRequest",
+            "id": rid,
+            "status": "active",
+            "intent": "order",
+            "subject": {"reference": "Patient/p"},
+            "identifier": [{"system": system, "value": value}],
+        }
+
+    load(
+        store,
+        patient("p", "Person", "Nummer", identifier=[{"system": uri, "value": "19811218-9876"}]),
+        request("a", order, "8112189876"),
+        request("b", order, "198112189876"),
+        request("c", order, "19811218-9876"),
+        request("d", order, "811218-9876"),
+        request("pnr", uri, "198112189876"),
+        obs("o1", basedOn=[{"identifier": {"system": order, "value": "8112189876"}}]),
+        obs("o2", basedOn=[{"identifier": {"system": order, "value": "198112189876"}}]),
+        obs("o3", basedOn=[{"identifier": {"system": uri, "value": "811218-9876"}}]),
+    )
+    assert idset(store, "ServiceRequest", "identifier=8112189876") == {"a"}
+    assert idset(store, "ServiceRequest", "identifier=198112189876") == {"b", "pnr"}
+    assert idset(store, "ServiceRequest", "identifier=19811218-9876") == {"c", "pnr"}
+    assert idset(store, "ServiceRequest", "identifier=811218-9876") == {"d", "pnr"}
+    assert idset(store, "Patient", "identifier=811218-9876") == {"p"}
+    assert idset(store, "Observation", "based-on:identifier=8112189876") == {"o1"}
+    assert idset(store, "Observation", "based-on:identifier=198112189876") == {"o2", "o3"}
+    body = request("x", order, "8112189876")
+    del body["id"]
+    with store.transaction() as tx:
+        made = tx.conditional_update("ServiceRequest", "identifier=8112189876", body)
+    assert made.stored is not None and made.stored.res_id == "a", "a conditional update changed another order"
+
+
+def test_a_modified_patient_parameter_is_not_read_as_a_patient_id(store: Store) -> None:
+    """With the patient pinned, ``patient=<id>`` is a patient-key filter; ``patient:identifier=<value>`` is a search
+    by the reference's identifier, not by the id."""
+    load(store, patient("p1", "A", "B"), obs("o1", subject={"reference": "Patient/p1"}))
+    assert idset(store, "Observation", "patient=p1") == {"o1"}
+    assert idset(store, "Observation", "patient:identifier=p1") == set()
+    assert idset(store, "Observation", "patient=p1&patient:identifier=p1") == set()
 
 
 def test_token_escaped_separators(store: Store) -> None:

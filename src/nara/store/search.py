@@ -41,7 +41,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.selectable import Alias
 
 from nara.fhir.dates import MAX_DT, MIN_DT, parse_range, utcnow
-from nara.fhir.identifiers import PERSONNUMMER, normalize_system, personal_number, written_systems
+from nara.fhir.identifiers import (
+    PERSONAL_SYSTEMS,
+    PERSONNUMMER,
+    normalize_system,
+    personal_number,
+    stated_personal_number,
+    written_systems,
+)
 from nara.fhir.outcome import FhirError, Issue
 from nara.fhir.pathexpr import parse as parse_expr
 from nara.fhir.query import (
@@ -92,15 +99,20 @@ def _among(column: Any, values: list[str]) -> ColumnElement[bool]:
 
 
 def _personal_number_forms(system: str, code: str) -> list[str]:
-    """A token's code, and its 12 digits when it is a personal identity number written another way (R-ID-1): a
-    write stores such a number in 12 digits, a 10-digit form's century read on the day of the write, so a search
-    reads it on its own day the same way (what a write of it today stores); the code as written finds a record
-    stored before writes were normalised, and the 12 digits written ``YYYYMMDD-NNNC`` a reference stored so
-    (a token's index has that form's 12 digits too)."""
+    """The forms a personal identity number given as ``code`` under a personal system is stored in (R-ID-1): its
+    12 digits (writes store that), the code as written with its century (a record stored before writes were
+    normalised) and the 12 digits written ``YYYYMMDD-NNNC`` (a reference stored so; a token's index has that
+    form's 12 digits too). A 10-digit form is read on the day of the search, as a write of it that day reads it,
+    and is not matched as written: a record stored in ten digits before the rule may have been written when the
+    same digits meant someone born a hundred years earlier (a centenarian's record found by her great-
+    grandchild's number, and overwritten by a conditional update meant for the child). Any other code: itself."""
     number = personal_number(system, code)
     if number is None:
         return [code]
-    return list(dict.fromkeys((code, number, f"{number[:8]}-{number[8:]}")))
+    dashed = f"{number[:8]}-{number[8:]}"
+    if stated_personal_number(system, code) is None:  # YYMMDD-NNNC, YYMMDD+NNNC, YYMMDDNNNC
+        return [number, dashed]
+    return list(dict.fromkeys((code, number, dashed)))
 
 
 # A code without a system is taken for a personal identity number only when written as one is written: with its
@@ -109,9 +121,27 @@ def _personal_number_forms(system: str, code: str) -> list[str]:
 _WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+]\d{4}")
 
 
-def _number_forms_without_system(code: str) -> list[str]:
-    """A systemless token's code, and its personal-number forms when it is written as a personal identity number."""
-    return _personal_number_forms(PERSONNUMMER, code) if _WRITTEN_AS_NUMBER.fullmatch(code.strip()) else [code]
+@cache
+def _personal_systems() -> list[str]:
+    """Every written form of the personnummer's and samordningsnummer's systems (URI, OID, ``urn:oid:``)."""
+    return sorted(form for system in PERSONAL_SYSTEMS for form in written_systems(system))
+
+
+def _without_system(system_col: Any, code_col: Any, code: str) -> ColumnElement[bool]:
+    """A code without a system: the code as written under any system; when it is written as a personal identity
+    number, under a personal identity number's system its forms (``_personal_number_forms``) instead, so that an
+    order number that happens to be a personnummer's digits finds no one else's record."""
+    if not _WRITTEN_AS_NUMBER.fullmatch(code.strip()):
+        return code_col == code
+    forms = _personal_number_forms(PERSONNUMMER, code)
+    if forms == [code]:
+        return code_col == code
+    personal = _among(system_col, _personal_systems())
+    if code in forms:  # written with its century: as written under any system, the other forms under a personal one
+        return and_(_among(code_col, forms), or_(code_col == code, personal))
+    # ten digits: as written only under another system (or none); under a personal one, read as a write reads it
+    elsewhere = or_(system_col.is_(None), not_(personal))
+    return or_(and_(code_col == code, elsewhere), and_(_among(code_col, forms), personal))
 
 
 def _starts_with(col: Any, value: str) -> ColumnElement[bool]:
@@ -446,7 +476,7 @@ class SqlCompiler:
             return _starts_with(t.c.text, normalize(unescape(raw)))
         parts = split_escaped(raw, "|")
         if len(parts) == 1:
-            return _among(t.c.code, _number_forms_without_system(unescape(raw)))
+            return _without_system(t.c.system, t.c.code, unescape(raw))
         system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
         if system:
             # A system written as an OID is the stored URI (R-ID-2); data stored before writes were normalised
@@ -481,7 +511,7 @@ class SqlCompiler:
             # normalised as any other.
             parts = split_escaped(raw, "|")
             if len(parts) == 1:
-                return _among(t.c.id_value, _number_forms_without_system(unescape(raw)))
+                return _without_system(t.c.id_system, t.c.id_value, unescape(raw))
             system, value = unescape(parts[0]), unescape("|".join(parts[1:]))
             if not system:
                 return and_(t.c.id_system.is_(None), t.c.id_value == value)
@@ -503,6 +533,8 @@ class SqlCompiler:
         return or_(local, t.c.url == url) if url is not None else local
 
     def _patient_key_ids(self, c: Criterion) -> list[str] | None:
+        if c.modifier not in (None, "", "Patient"):
+            return None  # :identifier, :missing, another type: not a patient id
         ids = []
         for raw in c.values:
             rtype, rid, url = self._parse_reference(raw)
