@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
 
 from nara.config import Settings
 from nara.security.devidp import mint, signing_key
@@ -177,6 +178,7 @@ class LiveServer:
     root: str
     settings: Settings
     backend: Backend
+    app: Starlette  # the running app (its state: store, gate)
 
 
 @pytest.fixture(scope="session")
@@ -194,7 +196,7 @@ def live_server(backend: Backend) -> Iterator[LiveServer]:
     root = f"http://127.0.0.1:{port}"
     wait_healthy(root, 15)
     try:
-        yield LiveServer(root + "/fhir", root, settings, backend)
+        yield LiveServer(root + "/fhir", root, settings, backend, app)
     finally:
         thread.stop()
 

@@ -42,7 +42,7 @@ from nara.server.app import create_app
 from nara.store.database import create_engine, drop_database, ensure_database
 from nara.store.migrate import upgrade
 from nara.store.store import Store
-from tests.conftest import Backend, ServerThread, _free_port, system_token, token, wait_healthy
+from tests.conftest import Backend, LiveServer, ServerThread, _free_port, system_token, token, wait_healthy
 from tests.security.region import Region, build_region, observation
 
 
@@ -522,8 +522,20 @@ def _unsealed(store: Store) -> int:
         )
 
 
+@pytest.fixture
+def no_session_sealer(live_server: LiveServer) -> Iterator[None]:
+    """The session's live server seals the same database every 0.2 s: stopped while a test counts what is still
+    unsealed, started again after it."""
+    gate = live_server.app.state.gate
+    gate.stop_sealer()
+    try:
+        yield
+    finally:
+        gate.start_sealer()
+
+
 def test_r_log_2_a_drained_read_is_sealed_as_it_is_inserted_with_what_the_drain_looked_up(
-    region: Region, outbox_server: OutboxServer, store: Store
+    no_session_sealer: None, region: Region, outbox_server: OutboxServer, store: Store
 ) -> None:
     """The drain chains its records in the insert (no second write of each row): the hash covers the protected
     identity the drain looked up, and a tampered drained record is found by ``nara audit verify``."""
