@@ -246,6 +246,26 @@ def test_r_id_1_a_ten_digit_number_finds_what_a_write_of_it_stored_today_and_nev
     assert idset(store, "Patient", f"identifier={uri}|{ten}") == {made.stored.res_id}
 
 
+def test_r_id_1_a_centenarians_plus_form_is_found_also_when_its_plus_arrives_as_a_space(store: Store) -> None:
+    """``YYMMDD+NNNC`` (a person of 100 or more) in an If-None-Exist header, a conditional update or a Bundle's
+    conditional reference is often written with a bare '+', which form encoding reads as a space: the search still
+    reads it as the number, so a repeated conditional create finds the record instead of making a second one."""
+    uri = "http://electronichealth.se/identifier/personnummer"
+    number = make_personal_identity(date(1925, 1, 15), 482)
+    plus = f"{number[2:8]}+{number[8:]}"
+    body = {"resourceType": "Patient", "identifier": [{"system": uri, "value": plus}]}
+    with store.transaction() as tx:
+        first = tx.create(dict(body), "Patient", if_none_exist=f"identifier={uri}|{plus}")
+    assert first.created and first.stored is not None
+    assert first.stored.resource()["identifier"] == [{"system": uri, "value": number}]
+    with store.transaction() as tx:
+        again = tx.create(dict(body), "Patient", if_none_exist=f"identifier={uri}|{plus}")
+    assert not again.created and again.stored is not None and again.stored.res_id == first.stored.res_id
+    for value in (plus, plus.replace("+", "%2B"), number):
+        assert idset(store, "Patient", f"identifier={uri}|{value}") == {first.stored.res_id}, value
+    assert idset(store, "Patient", f"identifier={plus}") == {first.stored.res_id}
+
+
 def test_a_code_without_a_system_finds_a_personal_numbers_other_forms_only_under_its_system(store: Store) -> None:
     """A code without a system matches that code under any system (R4 search §3.1.1.4.9). Written as a personal
     identity number, it finds the number's other forms too, but only under a personal identity number's system:
@@ -592,6 +612,18 @@ def test_composite_component_code_value_quantity(store: Store) -> None:
         "high",
         "normal",
     }
+
+
+def test_a_composites_token_reads_an_empty_system_or_code_as_a_token_search_does(store: Store) -> None:
+    """``|code`` is the code with no system, ``system|`` any code of the system (R4 search §3.1.1.4.9)."""
+    load(store, bp("coded", 150, 80))
+    no_system = bp("plain", 150, 80)
+    no_system["component"][0]["code"] = coded(None, "8480-6")
+    load(store, no_system)
+    assert idset(store, "Observation", "component-code-value-quantity=8480-6$gt140") == {"coded", "plain"}
+    assert idset(store, "Observation", "component-code-value-quantity=|8480-6$gt140") == {"plain"}
+    assert idset(store, "Observation", f"component-code-value-quantity={LOINC}|$gt140") == {"coded"}
+    assert idset(store, "Observation", f"component-code-value-quantity={LOINC}|$gt200") == set()
 
 
 def test_composite_code_value_concept_and_date(store: Store) -> None:

@@ -106,7 +106,7 @@ def _personal_number_forms(system: str, code: str) -> list[str]:
     and is not matched as written: a record stored in ten digits before the rule may have been written when the
     same digits meant someone born a hundred years earlier (a centenarian's record found by her great-
     grandchild's number, and overwritten by a conditional update meant for the child). Any other code: itself."""
-    number = personal_number(system, code)
+    number = personal_number(system, _PLUS_AS_SPACE.sub(r"\1+\2", code))
     if number is None:
         return [code]
     dashed = f"{number[:8]}-{number[8:]}"
@@ -117,8 +117,10 @@ def _personal_number_forms(system: str, code: str) -> list[str]:
 
 # A code without a system is taken for a personal identity number only when written as one is written: with its
 # century (YYYYMMDDNNNC, YYYYMMDD-NNNC) or as YYMMDD-NNNC / YYMMDD+NNNC. Ten bare digits are as often a phone or
-# order number, matched as written only.
-_WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+]\d{4}")
+# order number, matched as written only. A query string's unencoded '+' arrives as a space (form encoding):
+# YYMMDD NNNC is read as the centenarian's YYMMDD+NNNC, as no number is written with a space.
+_WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+ ]\d{4}")
+_PLUS_AS_SPACE = re.compile(r"^\s*(\d{6}) (\d{4})\s*$")
 
 
 @cache
@@ -142,6 +144,18 @@ def _without_system(system_col: Any, code_col: Any, code: str) -> ColumnElement[
     # ten digits: as written only under another system (or none); under a personal one, read as a write reads it
     elsewhere = or_(system_col.is_(None), not_(personal))
     return or_(and_(code_col == code, elsewhere), and_(_among(code_col, forms), personal))
+
+
+def _composite_token(system_col: Any, code_col: Any, raw: str) -> list[ColumnElement[bool]]:
+    """A composite's token component as a token search reads it: ``code`` (any system), ``system|code``,
+    ``|code`` (no system) or ``system|`` (any code)."""
+    parts = split_escaped(raw, "|")
+    if len(parts) == 1:
+        return [code_col == unescape(raw)]
+    system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
+    conds = [code_col == code] if code else []
+    conds.append(system_col == system if system else system_col.is_(None))
+    return conds
 
 
 def _starts_with(col: Any, value: str) -> ColumnElement[bool]:
@@ -554,24 +568,10 @@ class SqlCompiler:
         if len(parts) != 2:
             raise FhirError(400, "invalid", f"Composite value {raw[:80]!r} must have two parts joined by '$'")
         first, second = parts
-        tok = split_escaped(first, "|")
-        conds: list[ColumnElement[bool]] = []
-        if len(tok) == 1:
-            conds.append(t.c.c1_code == unescape(first))
-        else:
-            s, code = unescape(tok[0]), unescape("|".join(tok[1:]))
-            conds.append(t.c.c1_code == code)
-            if s:
-                conds.append(t.c.c1_system == s)
+        conds = _composite_token(t.c.c1_system, t.c.c1_code, first)
         ctype = d.components[1][1]
         if ctype == "token":
-            tok2 = split_escaped(second, "|")
-            if len(tok2) == 1:
-                conds.append(t.c.c2_code == unescape(second))
-            else:
-                conds.append(t.c.c2_code == unescape("|".join(tok2[1:])))
-                if tok2[0]:
-                    conds.append(t.c.c2_system == unescape(tok2[0]))
+            conds.extend(_composite_token(t.c.c2_system, t.c.c2_code, second))
         elif ctype in ("quantity", "number"):
             prefix, v = split_prefix(second)
             qparts = split_escaped(v, "|")
