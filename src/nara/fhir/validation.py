@@ -337,9 +337,9 @@ def validate(resource: Any, expected_type: str | None = None) -> list[Issue]:
 def check(resource: Any, expected_type: str | None = None, kept: Kept | None = None) -> None:
     """Raise a 400 FhirError listing every problem; when the resource is valid, put each of its Swedish
     identifiers in its stored form (in place: a personnummer written ``YYYYMMDD-NNNC`` or under the RIV OID
-    becomes 12 digits under the URI) and return. For a new version, ``kept`` gives the (system, value) pairs of
-    the identifiers the version before has (``written_identifiers``); one of those, exactly as written and in the
-    same place, is left as it is."""
+    becomes 12 digits under the URI) and return. For a new version, ``kept`` gives where and how the version
+    before writes its identifiers (``written_identifiers``: path, system, value); one of those, exactly as written
+    and in the same place, is left as it is."""
     walker = _walk(resource, expected_type, kept)
     if walker.issues:
         issues = walker.issues

@@ -98,6 +98,14 @@ def _among(column: Any, values: list[str]) -> ColumnElement[bool]:
     return column == values[0] if len(values) == 1 else column.in_(values)
 
 
+# A code without a system is taken for a personal identity number only when written as one is written: with its
+# century (YYYYMMDDNNNC, YYYYMMDD-NNNC) or as YYMMDD-NNNC / YYMMDD+NNNC. Ten bare digits are as often a phone or
+# order number, matched as written only. A query string's unencoded '+' arrives as a space (form encoding):
+# YYMMDD NNNC is read as the centenarian's YYMMDD+NNNC, as no number is written with a space.
+_WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+ ]\d{4}")
+_PLUS_AS_SPACE = re.compile(r"^\s*(\d{6}) (\d{4})\s*$")
+
+
 def _personal_number_forms(system: str, code: str) -> list[str]:
     """The forms a personal identity number given as ``code`` under a personal system is stored in (R-ID-1): its
     12 digits (writes store that), the code as written with its century (a record stored before writes were
@@ -113,14 +121,6 @@ def _personal_number_forms(system: str, code: str) -> list[str]:
     if stated_personal_number(system, code) is None:  # YYMMDD-NNNC, YYMMDD+NNNC, YYMMDDNNNC
         return [number, dashed]
     return list(dict.fromkeys((code, number, dashed)))
-
-
-# A code without a system is taken for a personal identity number only when written as one is written: with its
-# century (YYYYMMDDNNNC, YYYYMMDD-NNNC) or as YYMMDD-NNNC / YYMMDD+NNNC. Ten bare digits are as often a phone or
-# order number, matched as written only. A query string's unencoded '+' arrives as a space (form encoding):
-# YYMMDD NNNC is read as the centenarian's YYMMDD+NNNC, as no number is written with a space.
-_WRITTEN_AS_NUMBER = re.compile(r"\d{8}-?\d{4}|\d{6}[-+ ]\d{4}")
-_PLUS_AS_SPACE = re.compile(r"^\s*(\d{6}) (\d{4})\s*$")
 
 
 @cache
@@ -144,6 +144,23 @@ def _without_system(system_col: Any, code_col: Any, code: str) -> ColumnElement[
     # ten digits: as written only under another system (or none); under a personal one, read as a write reads it
     elsewhere = or_(system_col.is_(None), not_(personal))
     return or_(and_(code_col == code, elsewhere), and_(_among(code_col, forms), personal))
+
+
+def _system_and_code(system_col: Any, code_col: Any, raw: str) -> ColumnElement[bool]:
+    """A token search value on a (system, code) pair of columns: ``code``, ``system|code``, ``|code`` or
+    ``system|``. A system written as an OID is the stored URI (R-ID-2); data stored before writes were normalised
+    may still hold the OID, so each written form is searched, and a personal identity number in each of its forms
+    (``_personal_number_forms``)."""
+    parts = split_escaped(raw, "|")
+    if len(parts) == 1:
+        return _without_system(system_col, code_col, unescape(raw))
+    system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
+    if not system:
+        return and_(system_col.is_(None), code_col == code)
+    systems = sorted(written_systems(normalize_system(system) or system))
+    if not code:
+        return _among(system_col, systems)
+    return and_(_among(system_col, systems), _among(code_col, _personal_number_forms(system, code)))
 
 
 def _composite_token(system_col: Any, code_col: Any, raw: str) -> list[ColumnElement[bool]]:
@@ -488,18 +505,7 @@ class SqlCompiler:
     def _token(self, c: Criterion, t: Any, raw: str) -> ColumnElement[bool]:
         if c.modifier == "text":
             return _starts_with(t.c.text, normalize(unescape(raw)))
-        parts = split_escaped(raw, "|")
-        if len(parts) == 1:
-            return _without_system(t.c.system, t.c.code, unescape(raw))
-        system, code = unescape(parts[0]), unescape("|".join(parts[1:]))
-        if system:
-            # A system written as an OID is the stored URI (R-ID-2); data stored before writes were normalised
-            # may still hold the OID, so each written form is searched.
-            systems = sorted(written_systems(normalize_system(system) or system))
-            if code:
-                return and_(_among(t.c.system, systems), _among(t.c.code, _personal_number_forms(system, code)))
-            return _among(t.c.system, systems)
-        return and_(t.c.system.is_(None), t.c.code == code)
+        return _system_and_code(t.c.system, t.c.code, raw)
 
     def _parse_reference(self, raw: str) -> tuple[str | None, str | None, str | None]:
         """(type, id, url) for a reference search value; an absolute URL on our own base gives all three."""
@@ -521,18 +527,8 @@ class SqlCompiler:
 
     def _reference(self, c: Criterion, t: Any, raw: str) -> ColumnElement[bool]:
         if c.modifier == "identifier":
-            # The forms of a token search on an Identifier (R-ID-1, R-ID-2): a reference's identifier is stored
-            # normalised as any other.
-            parts = split_escaped(raw, "|")
-            if len(parts) == 1:
-                return _without_system(t.c.id_system, t.c.id_value, unescape(raw))
-            system, value = unescape(parts[0]), unescape("|".join(parts[1:]))
-            if not system:
-                return and_(t.c.id_system.is_(None), t.c.id_value == value)
-            systems = sorted(written_systems(normalize_system(system) or system))
-            if not value:
-                return _among(t.c.id_system, systems)
-            return and_(_among(t.c.id_system, systems), _among(t.c.id_value, _personal_number_forms(system, value)))
+            # A reference's identifier is stored normalised as any other: searched as a token.
+            return _system_and_code(t.c.id_system, t.c.id_value, raw)
         rtype, rid, url = self._parse_reference(raw)
         if rid is None:
             return t.c.url == url
