@@ -409,9 +409,11 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     assert pending_files(spool) == []
 
 
-def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
+def test_a_write_the_full_disk_cut_short_leaves_its_part_on_a_line_of_its_own_before_the_next_record(
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:
+    """Another thread may have appended after the part, so it is not cut back: the framing keeps the next record
+    whole, and the part (of a read that answered with an error) is kept for the operator, not logged."""
     spool = tmp_path / "spool"
     writer = writer_for(store, spool)
     writer.append(_record(1), audit.now_utc())
@@ -426,12 +428,50 @@ def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, old)
-    assert path.stat().st_size == size  # cut back to the last whole record
+    part = path.read_bytes()[size:]
+    assert len(part) == 30 and part.startswith(b'\n{"e":')  # 30 bytes of record 2 got in
     writer.append(_record(3), audit.now_utc())  # space again: acknowledged
     writer.close()
-    drain(store.engine, spool)
-    assert logged_ids(store) == ["obs-1", "obs-3"]
-    assert not (spool / "rejected.lines").exists()
+    assert drain(store.engine, spool) == 2
+    assert logged_ids(store) == ["obs-1", "obs-3"] and audit.verify(store.engine).ok
+    assert (spool / "rejected.lines").read_bytes() == part[1:] + b"\n"
+    assert pending_files(spool) == []
+
+
+def test_threads_appending_at_once_each_get_their_record_logged_whole_and_once(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """Appends take no lock: the kernel writes each record whole at the file's end, also while the writer moves
+    on to a new file under them; a file it moved on from is finished once its last write is done."""
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool, max_file_bytes=30_000)  # several files while the threads write
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def run(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(100):
+                writer.append(_record(t * 1000 + i), audit.now_utc())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    files = pending_files(spool)
+    assert len(files) > 3
+    for path in files:  # every line is a whole record or one of the empty lines between them
+        assert all(line == b"" or orjson.loads(line)["e"] for line in path.read_bytes().split(b"\n"))
+    assert drain(store.engine, spool) == 800
+    assert pending_files(spool) == [files[-1]]  # the files it moved on from were finished, drained and removed
+    writer.close()
+    assert drain(store.engine, spool) == 0 and pending_files(spool) == []
+    assert logged_ids(store) == sorted(f"obs-{t * 1000 + i}" for t in range(8) for i in range(100))
+    assert not (spool / "rejected.lines").exists() and audit.verify(store.engine).ok
 
 
 def test_a_forked_child_neither_appends_to_nor_holds_its_parents_file(
