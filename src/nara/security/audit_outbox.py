@@ -15,13 +15,12 @@ writes every record to the database before answering instead.
 
 Files and their life:
 - Each process appends to its own file, ``<database>-<host>-<pid>-<start ns>.audit``, one JSON document a line
-  (``audit.record_row``), framed by newlines (the empty lines between records are skipped). ``<database>``
-  names the database the records belong to (``database_tag``): a drainer takes only its own database's
-  files, so two servers of different databases that share a directory (say production and training started
-  in the same place) never log each other's reads. The process's threads append without a lock, one
-  ``write`` a record (``Outbox``). It holds an exclusive ``flock`` on the file while it may still append; it
-  takes the lock before the file gets its name (a temporary name, then ``rename``), so a drainer never sees
-  an unlocked file that a writer is about to use. It starts a new file past ``MAX_FILE_BYTES``.
+  (``audit.record_row``). ``<database>`` names the database the records belong to (``database_tag``): a
+  drainer takes only its own database's files, so two servers of different databases that share a
+  directory (say production and training started in the same place) never log each other's reads. It
+  holds an exclusive ``flock`` on the file while it may still append; it takes
+  the lock before the file gets its name (a temporary name, then ``rename``), so a drainer never sees an
+  unlocked file that a writer is about to use. It starts a new file past ``MAX_FILE_BYTES``.
 - A drainer reads a file from the byte offset recorded for it in ``audit_outbox`` (same transaction as the
   insert of the records it read: each record is inserted exactly once, also with several drainers), up
   to the last complete line. It chains the records into the hash chain as it inserts them (holding the
@@ -83,39 +82,17 @@ class OutboxError(OSError):
 
 
 class Outbox:
-    """This process's writer: ``append`` returns once the record is in the spool file.
-
-    Threads append without a lock of their own. Each record is one ``write`` to a file opened with
-    ``O_APPEND``, which the kernel performs as a whole, at the end of the file, one at a time (a local file
-    system's inode lock; the spool directory must be local). A Python lock held across that ``write`` was
-    measured to be the read audit's largest cost: ``os.write`` lets go of the GIL, the lock's holder then waits
-    for the GIL while every other request thread queues on the lock (ad hoc, 8 connections: 2.5 ms of waiting
-    and 95 µs of CPU an append, against 12 µs unhurried).
-
-    A record is framed by newlines on both sides. If the disk fills up inside a ``write``, the part that got in
-    ends in the middle of a line, and another thread may already have appended after it, so it cannot be cut
-    back. The framing keeps the next record on a line of its own, and the drain keeps the part for the
-    operator (``rejected.lines``). The part was never acknowledged: the read answered with an error.
-    """
+    """This process's writer: ``append`` returns once the record is in the spool file."""
 
     def __init__(self, directory: Path, tag: Callable[[], str], max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.directory = Path(directory)
         self.tag = tag  # the database's tag (database_tag), asked for when the first file is made
         self.max_file_bytes = max_file_bytes
-        self._opening = threading.Lock()  # taken only to start a file: the first, or the next past its size
-        # The file being appended to. A thread that took it keeps it open by its reference until its write is
-        # done; a file the writer moved on from is closed (and its flock let go: finished) when the last such
-        # write ends, so no write ever goes to a closed or reused descriptor.
-        self._file: _SpoolFile | None = None
-        self._size = 0  # about how much this process wrote to it (a threshold only: racing additions may be lost)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._size = 0
         # A forked child must neither append to its parent's file nor keep it locked (then never finished).
         os.register_at_fork(after_in_child=self._forget_after_fork)
-
-    @property
-    def _fd(self) -> int | None:
-        """The file descriptor appended to (for tests that play a writer killed or interrupted mid-write)."""
-        f = self._file
-        return None if f is None else f.fd
 
     def append(self, rec: AuditRecord, at: datetime) -> None:
         try:
@@ -123,42 +100,48 @@ class Outbox:
             row = sealed_row(record_row(rec, at))
         except ValueError as exc:  # the read must not answer: its record would never reach the log
             raise OutboxError(f"the audit record cannot be logged: {exc}") from exc
-        line = b"\n" + orjson.dumps(row) + b"\n"
-        try:
-            f = self._file
-            if f is None or self._size >= self.max_file_bytes:
-                f = self._next_file(f)
-            written = os.write(f.fd, line)
-        except OSError as exc:
-            raise OutboxError(f"the audit outbox {self.directory} cannot be written: {exc.strerror}") from exc
-        if written != len(line):  # the disk filled up inside the write: never answer on a part
-            raise OutboxError(f"the audit outbox {self.directory} took {written} of {len(line)} bytes")
-        self._size += written
+        line = orjson.dumps(row) + b"\n"
+        with self._lock:
+            try:
+                if self._fd is None or self._size >= self.max_file_bytes:
+                    self._open()
+                assert self._fd is not None
+                written = os.write(self._fd, line)
+            except OSError as exc:
+                self._cut_back()
+                raise OutboxError(f"the audit outbox {self.directory} cannot be written: {exc.strerror}") from exc
+            if written != len(line):  # the disk filled up inside the write: never answer on a part
+                self._cut_back()
+                raise OutboxError(f"the audit outbox {self.directory} took {written} of {len(line)} bytes")
+            self._size += written
 
     def close(self) -> None:
-        """Stop appending to the current file: it is closed, and so finished, once no write is using it (at once
-        when none is); the next record starts a new file."""
-        with self._opening:
-            self._file = None
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)  # releases the lock: the file is finished
+            self._fd = None
 
-    def _next_file(self, seen: _SpoolFile | None) -> _SpoolFile:
-        """The file to append to when ``seen`` (the one this thread found) is none yet or full: a new one,
-        unless another thread started it meanwhile."""
-        with self._opening:
-            f = self._file
-            if f is not None and f is not seen:
-                return f
-            if f is not None and self._size < self.max_file_bytes:
-                return f
-            f = self._open()
-            self._file, self._size = f, 0
-            return f
+    def _cut_back(self) -> None:
+        """After a failed or partial write: the file ends where the last whole record ends, so that the next
+        record does not follow a part of one; when it cannot be cut back, the next record goes to a new file."""
+        if self._fd is None:
+            return
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            os.close(self._fd)  # what is there stays; its partial last line is dropped when drained
+            self._fd = None
 
     def _forget_after_fork(self) -> None:
-        self._file = None  # its descriptor closes with it: the child's copy only, the parent keeps file and lock
-        self._opening = threading.Lock()
+        if self._fd is not None:
+            os.close(self._fd)  # the child's copy only: the parent keeps its file and its lock
+        self._fd = None
+        self._lock = threading.Lock()
 
-    def _open(self) -> _SpoolFile:
+    def _open(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(PermissionError):
             os.chmod(self.directory, 0o700)  # log data: the service's user only, also when made by someone else
@@ -171,20 +154,7 @@ class Outbox:
         except OSError:
             os.close(fd)
             raise
-        return _SpoolFile(fd)
-
-
-class _SpoolFile:
-    """An open spool file, closed when the last reference to it goes (see ``Outbox``)."""
-
-    __slots__ = ("fd",)
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __del__(self) -> None:
-        with suppress(OSError):
-            os.close(self.fd)  # lets go of the flock when no other descriptor holds the file: finished
+        self._fd, self._size = fd, 0
 
 
 def pending_files(directory: Path, tag: str | None = None) -> list[Path]:
@@ -318,14 +288,14 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
                         txn.rollback()
                         return total
                     f.seek(offset)
-                    lines, consumed = _complete_lines(f, DRAIN_BATCH)
+                    lines = _complete_lines(f, DRAIN_BATCH)
                     if lines and done.records >= DRAIN_BATCH and deadline is not None and time.monotonic() > deadline:
                         raise _PastDeadline  # records wait, and the time is up (the transaction is rolled back)
                     parsed = [(line, _parse(line, rejected)) for line in lines]
                     records = [(line, row) for line, row in parsed if row is not None]
                     rows = _insert_one_by_one(conn, records, rejected) if one_by_one else _insert(conn, records)
-                    drained_to = offset + consumed
-                    if consumed:
+                    drained_to = offset + sum(len(line) for line in lines)
+                    if lines:
                         conn.execute(
                             update(audit_outbox).where(audit_outbox.c.file == path.name).values(drained=drained_to)
                         )
@@ -405,21 +375,17 @@ def _reject(path: Path, line: bytes, why: str) -> None:
         os.close(fd)
 
 
-def _complete_lines(f: BinaryIO, limit: int) -> tuple[list[bytes], int]:
-    """Up to ``limit`` whole lines (with their newline) from ``f``'s position, the empty ones between records
-    left out, and how many bytes they took with those; the file stays after them."""
+def _complete_lines(f: BinaryIO, limit: int) -> list[bytes]:
+    """Up to ``limit`` whole lines (with their newline) from ``f``'s position; the file stays after them."""
     lines: list[bytes] = []
-    consumed = 0
     while len(lines) < limit:
         start = f.tell()
         line = f.readline()
         if not line.endswith(b"\n"):
             f.seek(start)  # nothing, or a record still being written
             break
-        consumed += len(line)
-        if line != b"\n":  # records are framed by newlines (Outbox.append)
-            lines.append(line)
-    return lines, consumed
+        lines.append(line)
+    return lines
 
 
 def _parse(line: bytes, rejected: list[tuple[bytes, str]]) -> dict[str, Any] | None:
