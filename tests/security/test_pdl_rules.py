@@ -38,6 +38,7 @@ from tests.security.region import (
     actor,
     build_region,
     consent,
+    episode_of_care,
     ids,
     luhn_pnr,
     observation,
@@ -714,6 +715,36 @@ def test_r_blk_1_outer_block_on_provider_withholds_its_data(region: Region) -> N
     block(region, REGION)
     seen = visible(region, region.staff["hsv"].token())
     assert seen == {region.data["hsv"]}  # type: ignore[attr-defined]
+
+
+def test_r_blk_1_a_block_made_between_two_searches_withholds_its_data_from_the_next(region: Region) -> None:
+    """The patient's rules are read for each request (a cache of them across requests would have to prove
+    them current first): a block made between two searches withholds from the next."""
+    with_consent_for(region, HSV)
+    hsv = region.staff["hsv"].token()
+    everything = {region.data["vc"], region.data["avdsjf"], region.data["hsv"]}  # type: ignore[attr-defined]
+    assert visible(region, hsv) == everything
+    assert visible(region, hsv) == everything
+    block(region, REGION)
+    assert visible(region, hsv) == {region.data["hsv"]}  # type: ignore[attr-defined]
+
+
+def test_r_acc_1_a_care_relationship_ended_or_begun_between_two_searches_counts_from_the_next(
+    region: Region,
+) -> None:
+    """Both ways, and with each search repeated: nothing of one search's view of the relationship is kept for
+    the next."""
+    vc = region.staff["vc"].token()
+    mine = {region.data["vc"]}  # type: ignore[attr-defined]
+    assert visible(region, vc) == mine
+    assert visible(region, vc) == mine
+    episode = episode_of_care(f"eoc-anna-{VC[-3:].lower()}", region.patients["anna"], VC)  # the region's own
+    region.put({**episode, "status": "finished"})
+    assert visible(region, vc) == set()
+    assert visible(region, vc) == set()
+    region.put({**episode, "id": "eoc-anna-again"})
+    assert visible(region, vc) == mine
+    assert visible(region, vc, "&code=no-such-code") == set()
 
 
 def test_r_blk_1_block_period_is_compared_with_documentation_time(region: Region) -> None:
