@@ -826,37 +826,36 @@ class SecurityFixture:
     codes: dict[str, str]  # patient -> a LOINC/NPU code present in their record
 
 
-def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFixture:
-    """Generate the demo region (`nara generate`), start Nära on it with the development IdP, and find the
-    district nurse's patients and observations (care relationships from the access-rule index)."""
+def generate_security_region(url: str, patients: int = SECURITY_PATIENTS) -> None:
+    """Empty the database at ``url`` and generate the demo region on it (`nara generate`)."""
     import subprocess
     import sys
 
-    from sqlalchemy import text
-
-    from nara.demo.users import demo_users
-    from nara.security import devidp
-    from nara.store.store import Store
-
-    url = pgbaseline.pg_url(SECURITY_DB)
     reset_database(url)
     nara = Path(sys.executable).with_name("nara")
     cmd = [str(nara), "generate", "--patients", str(patients), "--database-url", url]
     gen = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
     if gen.returncode != 0:
         raise RuntimeError(f"nara generate failed: {gen.stderr[-300:]}")
-    key_file = b.work_dir / "security-idp-key.json"
-    env = {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
-    key = devidp.signing_key(key_file)
-    # One worker: the figures compare the cost of a request. With two, where wrk's keep-alive connections land
-    # decides the result (measured: the same superuser reads 956/s with all 8 connections on one worker,
-    # 1,900/s with 4 on each; uvicorn's workers race to accept, and one often takes most of a burst).
-    server = NaraServer(url, free_port(), 1, b.work_dir / "security-server.log", env=env)
-    server.start(fresh=False)
-    unaudited = NaraServer(
-        url, free_port(), 1, b.work_dir / "security-unaudited.log", env=env, module="bench.unaudited_server"
-    )
-    unaudited.start(fresh=False)
+
+
+@dataclass
+class SecurityData:
+    """The demo region's district nurse and what she may see: the data of the security scenario's requests."""
+
+    nurse: Any  # nara.demo.users.DemoUser
+    reads: list[str]  # Observation ids she may read (own unit, care relationship)
+    patients: list[str]  # patients with a care relationship at her unit
+    codes: dict[str, str]  # patient -> a LOINC/NPU code present in their record
+
+
+def security_data(url: str) -> SecurityData:
+    """Find the district nurse's patients and observations (care relationships from the access-rule index)."""
+    from sqlalchemy import text
+
+    from nara.demo.users import demo_users
+    from nara.store.store import Store
+
     store = Store.from_url(url)
     try:
         nurse = next(u for u in demo_users(store) if u.key == "district-nurse")
@@ -892,12 +891,59 @@ def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFix
     finally:
         store.dispose()
     if not reads or not pats:
-        server.stop()
-        unaudited.stop()
         raise RuntimeError(f"the demo region has no data for {nurse.name}'s unit")
+    return SecurityData(nurse, reads, pats, codes)
+
+
+def security_requests(data: SecurityData, path: Callable[[str], str]) -> tuple[list[Req], list[Req]]:
+    """The scenario's reads by id and patient-scoped searches (``path`` makes a request path of a FHIR path)."""
+    rng = random.Random(7)
+    reads = [Req("GET", path(f"Observation/{rng.choice(data.reads)}")) for _ in range(300)]
+    searches = []
+    for _ in range(200):
+        p = rng.choice(data.patients)
+        searches.append(Req("GET", path(f"Observation?patient={p}&_count=20")))
+        code = data.codes.get(p)
+        if code:
+            searches.append(Req("GET", path(f"Observation?patient={p}&code={code}&_sort=-date&_count=20")))
+    return reads, searches
+
+
+def security_tokens(key_file: Path, nurse: Any) -> tuple[str, str]:
+    """Tokens of the development IdP's key in ``key_file``: the district nurse's, and a superuser's (a system
+    client: policy off, audited)."""
+    from nara.security import devidp
+
+    key = devidp.signing_key(key_file)
     staff = devidp.mint(key, nurse.sub, "staff", assignment=nurse.assignment, name=nurse.name, ttl=12 * 3600)
     superuser = devidp.mint(key, "nara-bench-superuser", "system", name="superuser (policy off)", ttl=12 * 3600)
-    return SecurityFixture(server, server.base_url, unaudited, staff, superuser, reads, pats, codes)
+    return staff, superuser
+
+
+def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFixture:
+    """Generate the demo region (`nara generate`), start Nära on it with the development IdP, and find the
+    district nurse's patients and observations (care relationships from the access-rule index)."""
+    url = pgbaseline.pg_url(SECURITY_DB)
+    generate_security_region(url, patients)
+    key_file = b.work_dir / "security-idp-key.json"
+    env = {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
+    # One worker: the figures compare the cost of a request. With two, where wrk's keep-alive connections land
+    # decides the result (measured: the same superuser reads 956/s with all 8 connections on one worker,
+    # 1,900/s with 4 on each; uvicorn's workers race to accept, and one often takes most of a burst).
+    server = NaraServer(url, free_port(), 1, b.work_dir / "security-server.log", env=env)
+    server.start(fresh=False)
+    unaudited = NaraServer(
+        url, free_port(), 1, b.work_dir / "security-unaudited.log", env=env, module="bench.unaudited_server"
+    )
+    unaudited.start(fresh=False)
+    try:
+        data = security_data(url)
+    except Exception:
+        server.stop()
+        unaudited.stop()
+        raise
+    staff, superuser = security_tokens(key_file, data.nurse)
+    return SecurityFixture(server, server.base_url, unaudited, staff, superuser, data.reads, data.patients, data.codes)
 
 
 def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> None:
@@ -933,18 +979,10 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
                 twin = Target("nara-security-unaudited", fx.unaudited.base_url, database="postgresql")
                 twin.token = tokens["superuser"]
                 bare = Bench(b.run, twin, s, b.label, b.work_dir)
-            rng = random.Random(7)
-            reads = [Req("GET", sub.path(f"Observation/{rng.choice(fx.reads)}")) for _ in range(300)] if fx else []
-            searches = []
+            reads: list[Req] = []
+            searches: list[Req] = []
             if fx:
-                for _ in range(200):
-                    p = rng.choice(fx.patients)
-                    searches.append(Req("GET", sub.path(f"Observation?patient={p}&_count=20")))
-                    code = fx.codes.get(p)
-                    if code:
-                        searches.append(
-                            Req("GET", sub.path(f"Observation?patient={p}&code={code}&_sort=-date&_count=20"))
-                        )
+                reads, searches = security_requests(SecurityData(None, fx.reads, fx.patients, fx.codes), sub.path)
             sc.record["data_size"] = (
                 f"demo region, {SECURITY_PATIENTS} people; {len(fx.patients)} with a care relationship at the "
                 f"staff member's unit"

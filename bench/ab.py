@@ -1,0 +1,194 @@
+"""Two versions of Nära served side by side on the security scenario's database, compared round by round.
+
+    python -m bench.ab --a HEAD~1 --b WORKTREE --kind search --actor staff --rounds 10
+    python -m bench.ab --a HEAD --b HEAD --kind search --actor staff   # A/A: what the harness itself favours
+
+Why: a change to the read or search path moves throughput by a few percent, while two runs of the same code
+on a shared 2-core machine differ by 10% or more. Here the two versions take turns on one database
+(`nara serve`, one worker, with its sealer and the development IdP, started for each turn and warmed for a
+second): A then B, then B then A, and so on. The figure is the median of the rounds' ratios B/A
+(throughput, p95 latency and CPU per request of the server's processes); an A/A run is its control.
+
+Each version runs from a git worktree of its commit (``WORKTREE``: this checkout as it is), through
+``PYTHONPATH``; the two must share the database schema (no migration between them). The database is the
+security scenario's (``nara_bench_security``); ``--generate`` makes it
+(`nara generate`, 600 people) when it is missing. With ``--record-name`` the figures are written to
+bench/records/<date>-ab-<name>.json (shown in docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bench import pgbaseline
+from bench.loadgen import run_wrk, write_plan
+from bench.results import loadavg, machine_facts
+from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
+from bench.target import ROOT, NaraServer, free_port
+
+RECORDS = Path(__file__).resolve().parent / "records"
+WORKTREE = "WORKTREE"
+
+
+def round_order(index: int) -> tuple[str, str]:
+    """Which version goes first in round ``index``: A in even rounds, B in odd ones."""
+    return ("a", "b") if index % 2 == 0 else ("b", "a")
+
+
+def paired_ratios(a: list[float], b: list[float]) -> dict[str, Any]:
+    """The rounds' ratios B/A and their median (rounds pair A's and B's figures measured next to each other)."""
+    if len(a) != len(b) or not a:
+        raise ValueError("the two versions need the same number of rounds, at least one")
+    ratios = [y / x for x, y in zip(a, b, strict=True)]
+    return {
+        "median": round(statistics.median(ratios), 3),
+        "rounds": [round(r, 3) for r in ratios],
+        "b_above_a": sum(r > 1 for r in ratios),
+    }
+
+
+@contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """A directory holding version ``ref``: a temporary git worktree of it, or this checkout for WORKTREE."""
+    if ref == WORKTREE:
+        yield ROOT
+        return
+    where = Path(tempfile.mkdtemp(prefix="nara-ab-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(where), ref], cwd=ROOT, check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False, capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def commit_of(ref: str) -> str:
+    if ref == WORKTREE:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    out = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="git ref of version A, or WORKTREE")
+    ap.add_argument("--b", required=True, help="git ref of version B, or WORKTREE")
+    ap.add_argument("--kind", choices=("read", "search"), default="search")
+    ap.add_argument("--actor", choices=("staff", "superuser"), default="staff")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=4, help="per version and round")
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--generate", action="store_true", help="generate the demo region first (empties the database)")
+    ap.add_argument("--record-name", help="write bench/records/<date>-ab-<name>.json")
+    ap.add_argument("--note", default="", help="added to the record's note")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    url = pgbaseline.pg_url(SECURITY_DB)
+    if args.generate:
+        generate_security_region(url)
+    try:
+        data = security_data(url)
+    except Exception as exc:  # one readable line, not a stack trace
+        print(f"the security database {SECURITY_DB} has no demo region ({exc}); run with --generate", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="nara-ab-work-"))
+    key_file = work / "idp-key.json"
+    staff, superuser = security_tokens(key_file, data.nurse)
+    reads, searches = security_requests(data, lambda p: f"/fhir/{p}")
+    plan = write_plan(reads if args.kind == "read" else searches, work)
+    token = staff if args.actor == "staff" else superuser
+    figures: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
+    with ExitStack() as stack:
+        sources = {side: stack.enter_context(checkout(ref)) for side, ref in (("a", args.a), ("b", args.b))}
+        for i in range(args.rounds):
+            for side in round_order(i):
+                # One server at a time, started for its turn: two servers running at once were measured to favour
+                # one of them (A/A 0.93 with the second one started slower in 9 rounds of 10), through their
+                # sealers and connection pools sharing the machine and the audit chain's lock.
+                env = {
+                    "NARA_DEV_IDP": "true",
+                    "NARA_DEV_IDP_KEY": str(key_file),
+                    "PYTHONPATH": str(sources[side] / "src"),
+                    "NARA_AUDIT_OUTBOX": str(work / f"outbox-{side}"),
+                }
+                server = NaraServer(url, free_port(), 1, work / f"server-{side}.log", env=env)
+                server.start(fresh=False)
+                try:
+                    origin = f"http://127.0.0.1:{server.port}"
+                    # Warm: the driver prepares statements after five runs, SQLAlchemy caches compiled ones.
+                    run_wrk(origin, plan, connections=args.connections, seconds=1, base_path="/fhir", token=token)
+                    cpu0 = server.cpu_seconds()
+                    sample, command = run_wrk(
+                        origin, plan, connections=args.connections, seconds=args.seconds, base_path="/fhir", token=token
+                    )
+                    time.sleep(0.3)  # the sealer drains what the round appended
+                    cpu_ms = (server.cpu_seconds() - cpu0) * 1000 / max(sample["requests"], 1)
+                finally:
+                    server.stop()
+                figures[side].append((sample["throughput"], sample["p95_ms"], cpu_ms))
+                print(
+                    f"round {i + 1} {side}: {sample['throughput']:.0f}/s, p95 {sample['p95_ms']:.1f} ms, "
+                    f"{cpu_ms:.3f} ms CPU a request",
+                    flush=True,
+                )
+    shutil.rmtree(work, ignore_errors=True)
+    result = {
+        name: paired_ratios([x[k] for x in figures["a"]], [x[k] for x in figures["b"]])
+        for k, name in enumerate(("throughput", "p95", "cpu"))
+    }
+    medians = {
+        side: [round(statistics.median(x[k] for x in figures[side]), 3) for k in range(3)] for side in ("a", "b")
+    }
+    summary = (
+        f"B/A median of {args.rounds} rounds: throughput {result['throughput']['median']} "
+        f"(B above A in {result['throughput']['b_above_a']}), p95 {result['p95']['median']}, "
+        f"CPU a request {result['cpu']['median']}"
+    )
+    print(summary)
+    if args.record_name:
+        m = machine_facts()
+        load = loadavg()
+        what = "reads by id" if args.kind == "read" else "patient-scoped searches"
+        record = {
+            "title": f"A/B: {what} as {args.actor}, {commit_of(args.a)} (A) against {commit_of(args.b)} (B)",
+            "command": "python -m bench.ab " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": date.today().isoformat(),
+            "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, PostgreSQL on the same machine",
+            "conditions": (
+                f"the security scenario's database ({len(data.patients)} patients of the district nurse); each version "
+                f"`nara serve`, one worker, started for its turn and warmed 1 s; wrk, {args.connections} connections, "
+                f"{args.seconds} s per version and round, alternating order; load average {load} at the end; "
+                f"wrk command: {command}"
+            ),
+            "figures": {
+                "result": summary,
+                "A medians (requests/s, p95 ms, CPU ms a request)": str(medians["a"]),
+                "B medians (requests/s, p95 ms, CPU ms a request)": str(medians["b"]),
+                "throughput ratios B/A by round": str(result["throughput"]["rounds"]),
+            },
+            "note": args.note or "an A/A run of the same settings is the control",
+        }
+        RECORDS.mkdir(exist_ok=True)
+        out = RECORDS / f"{date.today().isoformat()}-ab-{args.record_name}.json"
+        out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

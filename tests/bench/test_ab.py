@@ -1,0 +1,35 @@
+"""bench/ab.py: two versions served side by side, compared round by round with the order alternating."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from bench.ab import WORKTREE, checkout, paired_ratios, round_order
+from bench.target import ROOT
+
+
+def test_the_versions_take_turns_going_first() -> None:
+    assert [round_order(i) for i in range(4)] == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a")]
+
+
+def test_the_figure_is_the_median_of_the_rounds_ratios() -> None:
+    result = paired_ratios([100.0, 200.0, 100.0], [110.0, 180.0, 105.0])
+    assert result == {"median": 1.05, "rounds": [1.1, 0.9, 1.05], "b_above_a": 2}
+    with pytest.raises(ValueError):
+        paired_ratios([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        paired_ratios([], [])
+
+
+def test_a_version_runs_from_a_worktree_of_its_commit_that_is_removed_afterwards() -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    with checkout("HEAD") as where:
+        assert where != ROOT and (where / "src" / "nara" / "__init__.py").is_file()
+        at = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True)
+        assert at.stdout == head.stdout
+    assert not where.exists()
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert str(where) not in listed.stdout
+    with checkout(WORKTREE) as here:
+        assert here == ROOT
