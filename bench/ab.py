@@ -19,7 +19,6 @@ bench/records/<date>-ab-<name>.json (shown in docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -34,11 +33,10 @@ from typing import Any
 
 from bench import pgbaseline
 from bench.loadgen import run_wrk, write_plan
-from bench.results import loadavg, machine_facts
+from bench.results import loadavg, machine_facts, write_record
 from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
 from bench.target import ROOT, NaraServer, free_port
 
-RECORDS = Path(__file__).resolve().parent / "records"
 WORKTREE = "WORKTREE"
 
 
@@ -183,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "note": args.note or "an A/A run of the same settings is the control",
         }
-        RECORDS.mkdir(exist_ok=True)
-        out = RECORDS / f"{date.today().isoformat()}-ab-{args.record_name}.json"
-        out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        print(f"Wrote {out}")
+        write_record(f"ab-{args.record_name}", record)
     return 0
 
 

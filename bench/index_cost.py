@@ -16,7 +16,6 @@ Writes bench/records/<date>-index-cost.json (shown in docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import synth
-from bench.results import loadavg, machine_facts
+from bench.results import loadavg, machine_facts, write_record
 from nara.fhir.searchparams import IndexRows
 from nara.store.crud import Tx
 from nara.store.database import create_engine, drop_database, ensure_database
 from nara.store.migrate import upgrade
 from nara.store.store import Store
 
-RECORDS = Path(__file__).resolve().parent / "records"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/nara_bench_index"
 
 
@@ -155,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "without indexes = the same store code with extraction and index rows left out; the resource and "
         "history rows, validation and stamping stay",
     }
-    RECORDS.mkdir(exist_ok=True)
-    out = RECORDS / f"{date.today().isoformat()}-index-cost.json"
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    print(f"Wrote {out}")
+    write_record("index-cost", record)
     return 0
 
 

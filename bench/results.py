@@ -7,6 +7,7 @@ malformed or hand-edited file fails loudly instead of producing a wrong page.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -47,6 +48,19 @@ def loadavg() -> list[float]:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:
         return []
+
+
+RECORDS = Path(__file__).resolve().parent / "records"
+
+
+def write_record(name: str, record: dict[str, Any]) -> Path:
+    """Write a one-off measurement (title, command, date, machine, conditions, figures, note) to
+    bench/records/<date>-<name>.json, where docs/performance.md shows it."""
+    RECORDS.mkdir(exist_ok=True)
+    out = RECORDS / f"{record.get('date') or datetime.now(UTC).date().isoformat()}-{name}.json"
+    out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    print(f"Wrote {out}")
+    return out
 
 
 def machine_facts() -> dict[str, Any]:

@@ -13,7 +13,6 @@ bench/records/<date>-scale-probe[-<load>].json (shown in docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -26,11 +25,10 @@ import psycopg
 
 from bench import synth
 from bench.loadgen import Req, run_wrk, write_plan
-from bench.results import loadavg, machine_facts
+from bench.results import loadavg, machine_facts, write_record
 from bench.stats import summarize
 from bench.target import NaraServer, dev_idp, free_port
 
-RECORDS = Path(__file__).resolve().parent / "records"
 QUERIES = {
     "latest vitals (patient, code, _sort=-date, _count=20)": "Observation?patient={p}&code={c}&_sort=-date&_count=20",
     "$lastn vital signs": "Observation/$lastn?patient={p}&category=vital-signs",
@@ -137,11 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         + loading
         + (f"; {args.note}" if args.note else ""),
     }
-    RECORDS.mkdir(exist_ok=True)
-    name = args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe")
-    out = RECORDS / f"{date.today().isoformat()}-{name}.json"
-    out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    print(f"Wrote {out}")
+    write_record(
+        args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe"), record
+    )
     return 0
 
 
