@@ -89,8 +89,10 @@ def timed_writes(store: Store, items: list[dict[str, Any]], per_tx: int, indexed
     return time.perf_counter() - t0
 
 
-def measure(url: str, items: list[dict[str, Any]], reps: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def measure(
+    url: str, items: list[dict[str, Any]], reps: int, progress: Callable[[str], None]
+) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
     for per_tx in (1, 100):
         runs: dict[bool, list[float]] = {True: [], False: []}
         for rep in range(reps):
