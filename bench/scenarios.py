@@ -821,9 +821,7 @@ class SecurityFixture:
     unaudited: NaraServer  # the same app and database, reads not audited (bench.unaudited_server)
     staff_token: str
     superuser_token: str
-    reads: list[str]  # Observation ids the staff member may read (own unit, care relationship)
-    patients: list[str]  # patients with a care relationship at the staff member's unit
-    codes: dict[str, str]  # patient -> a LOINC/NPU code present in their record
+    data: SecurityData  # the staff member and what she may see
 
 
 def generate_security_region(url: str, patients: int = SECURITY_PATIENTS) -> None:
@@ -943,7 +941,7 @@ def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFix
         unaudited.stop()
         raise
     staff, superuser = security_tokens(key_file, data.nurse)
-    return SecurityFixture(server, server.base_url, unaudited, staff, superuser, data.reads, data.patients, data.codes)
+    return SecurityFixture(server, server.base_url, unaudited, staff, superuser, data)
 
 
 def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> None:
@@ -982,9 +980,9 @@ def security(b: Bench, staff_token: str | None, superuser_token: str | None) -> 
             reads: list[Req] = []
             searches: list[Req] = []
             if fx:
-                reads, searches = security_requests(SecurityData(None, fx.reads, fx.patients, fx.codes), sub.path)
+                reads, searches = security_requests(fx.data, sub.path)
             sc.record["data_size"] = (
-                f"demo region, {SECURITY_PATIENTS} people; {len(fx.patients)} with a care relationship at the "
+                f"demo region, {SECURITY_PATIENTS} people; {len(fx.data.patients)} with a care relationship at the "
                 f"staff member's unit"
                 if fx
                 else "as given"
@@ -1098,7 +1096,7 @@ def audit_extract(sc: Any, sub: Bench, fx: SecurityFixture, long: bool) -> None:
     db = SECURITY_DB
     # A region-sized population: the records spread over 10,000 patients (about 1,000 per patient over five
     # years with 10 million records), the demo region's patients among them.
-    patients = fx.patients + [f"bench-patient-{i}" for i in range(10_000 - len(fx.patients))]
+    patients = fx.data.patients + [f"bench-patient-{i}" for i in range(10_000 - len(fx.data.patients))]
     t0 = time.monotonic()
     with psycopg.connect(pgbaseline.pg_url(db), autocommit=True) as conn:
         # Generated server-side in one statement; the events get placeholder chain values far above the sealer's
@@ -1128,7 +1126,7 @@ def audit_extract(sc: Any, sub: Bench, fx: SecurityFixture, long: bool) -> None:
     }
     rng = random.Random(11)
     # The demo patients' own logs grew during the load above; the extract is timed on the loaded population.
-    loaded = patients[len(fx.patients) :]
+    loaded = patients[len(fx.data.patients) :]
     reqs = [Req("GET", sub.path(f"Patient/{rng.choice(loaded)}/$log-extract")) for _ in range(100)]
     sub.target.token = fx.superuser_token
     sc.measure(
