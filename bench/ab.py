@@ -2,6 +2,11 @@
 
     python -m bench.ab --a HEAD~1 --b WORKTREE --kind search --actor staff --rounds 10
     python -m bench.ab --a HEAD --b HEAD --kind search --actor staff   # A/A: what the harness itself favours
+    python -m bench.ab --a HEAD --a-server unaudited --a-actor superuser --b HEAD --b-actor staff --kind read
+
+The last form measures issue 4's target directly: the same requests by a staff member under the full policy
+and audit (B) against a superuser with policy off on the twin server that writes no read audit (A,
+``bench/unaudited_server.py``); each side may name its own actor and server, not only its version.
 
 Why: a change to the read or search path moves throughput by a few percent, while two runs of the same code
 on a shared 2-core machine differ by 10% or more. Here the two versions take turns on one database
@@ -27,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,33 @@ from bench.scenarios import SECURITY_DB, generate_security_region, security_data
 from bench.target import ROOT, NaraServer, free_port
 
 WORKTREE = "WORKTREE"
+SERVERS = ("serve", "unaudited")  # `nara serve`, or the benchmark's twin without read audit
+ACTORS = ("staff", "superuser")
+
+
+@dataclass(frozen=True)
+class Side:
+    """What one side of a comparison serves and asks: a version, a server, an actor."""
+
+    ref: str
+    actor: str
+    server: str = "serve"
+
+    def describe(self, commit: str) -> str:
+        where = "the server without read audit" if self.server == "unaudited" else "nara serve"
+        return f"{self.actor} on {where} at {commit}"
+
+
+def sides(args: argparse.Namespace) -> dict[str, Side]:
+    """The two sides of a run: each side's own actor and server where given, else the common ``--actor``."""
+    return {
+        side: Side(
+            getattr(args, side),
+            getattr(args, f"{side}_actor") or args.actor,
+            getattr(args, f"{side}_server"),
+        )
+        for side in ("a", "b")
+    }
 
 
 def round_order(index: int) -> tuple[str, str]:
@@ -86,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--a", required=True, help="git ref of version A, or WORKTREE")
     ap.add_argument("--b", required=True, help="git ref of version B, or WORKTREE")
     ap.add_argument("--kind", choices=("read", "search"), default="search")
-    ap.add_argument("--actor", choices=("staff", "superuser"), default="staff")
+    ap.add_argument("--actor", choices=ACTORS, default="staff", help="who asks, on both sides unless given per side")
+    for side in ("a", "b"):
+        ap.add_argument(f"--{side}-actor", choices=ACTORS, help=f"who asks on side {side.upper()}")
+        ap.add_argument(
+            f"--{side}-server", choices=SERVERS, default="serve", help=f"side {side.upper()}'s server (default serve)"
+        )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=4, help="per version and round")
     ap.add_argument("--connections", type=int, default=8)
@@ -109,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     staff, superuser = security_tokens(key_file, data.nurse)
     reads, searches = security_requests(data, lambda p: f"/fhir/{p}")
     plan = write_plan(reads if args.kind == "read" else searches, work)
-    token = staff if args.actor == "staff" else superuser
+    spec = sides(args)
+    tokens = {side: staff if spec[side].actor == "staff" else superuser for side in spec}
     figures: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
     with ExitStack() as stack:
-        sources = {side: stack.enter_context(checkout(ref)) for side, ref in (("a", args.a), ("b", args.b))}
+        sources = {side: stack.enter_context(checkout(spec[side].ref)) for side in ("a", "b")}
         for i in range(args.rounds):
             for side in round_order(i):
                 # One server at a time, started for its turn: two servers running at once were measured to favour
@@ -124,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                     "PYTHONPATH": str(sources[side] / "src"),
                     "NARA_AUDIT_OUTBOX": str(work / f"outbox-{side}"),
                 }
-                server = NaraServer(url, free_port(), 1, work / f"server-{side}.log", env=env)
+                module = "bench.unaudited_server" if spec[side].server == "unaudited" else None
+                server = NaraServer(url, free_port(), 1, work / f"server-{side}.log", env=env, module=module)
+                token = tokens[side]
                 server.start(fresh=False)
                 try:
                     origin = f"http://127.0.0.1:{server.port}"
@@ -162,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         m = machine_facts()
         load = loadavg()
         what = "reads by id" if args.kind == "read" else "patient-scoped searches"
+        a, b = (spec[x].describe(commit_of(spec[x].ref)) for x in ("a", "b"))
         record = {
-            "title": f"A/B: {what} as {args.actor}, {commit_of(args.a)} (A) against {commit_of(args.b)} (B)",
+            "title": f"A/B: {what}, {a} (A) against {b} (B)",
             "command": "python -m bench.ab " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": date.today().isoformat(),
             "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, PostgreSQL on the same machine",
             "conditions": (
-                f"the security scenario's database ({len(data.patients)} patients of the district nurse); each version "
-                f"`nara serve`, one worker, started for its turn and warmed 1 s; wrk, {args.connections} connections, "
+                f"the security scenario's database ({len(data.patients)} patients of the district nurse); each side "
+                f"one server with one worker (`nara serve` with its sealer, or the twin without read audit), started "
+                f"for its turn and warmed 1 s; wrk, {args.connections} connections, "
                 f"{args.seconds} s per version and round, alternating order; load average {load} at the end; "
                 f"wrk command: {command}"
             ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 
 import pytest
@@ -33,3 +34,19 @@ def test_a_version_runs_from_a_worktree_of_its_commit_that_is_removed_afterwards
     assert str(where) not in listed.stdout
     with checkout(WORKTREE) as here:
         assert here == ROOT
+
+
+def test_each_side_may_name_its_own_actor_and_server_else_the_common_actor() -> None:
+    from bench.ab import Side, sides
+
+    args = argparse.Namespace(
+        a="HEAD", b="WORKTREE", actor="staff", a_actor="superuser", b_actor=None, a_server="unaudited", b_server="serve"
+    )
+    assert sides(args) == {
+        "a": Side("HEAD", "superuser", "unaudited"),
+        "b": Side("WORKTREE", "staff", "serve"),
+    }
+    assert Side("HEAD", "superuser", "unaudited").describe("abc123") == (
+        "superuser on the server without read audit at abc123"
+    )
+    assert Side("HEAD", "staff").describe("abc123") == "staff on nara serve at abc123"
