@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,24 @@ def test_security_targets_show_all_three_comparisons_against_the_goal(tmp_path: 
     ) in section
     assert "| request | superuser, no read audit | superuser | staff |" in section
     assert "| read | 0.66 + 0.08 | 0.72 + 0.27 | 0.79 + ? |" in section
+
+
+def test_the_targets_show_the_newest_paired_measurement_of_bench_ab(tmp_path: Path) -> None:
+    def record(name: str, result: str) -> None:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"figures": {"result": result}}))
+
+    record("2026-12-01-ab-target-read", "B/A median of 10 rounds: throughput 0.6 (B above A in 0), p95 1.9, CPU 1.5")
+    record("2026-12-07-ab-target-read", "B/A median of 10 rounds: throughput 0.9 (B above A in 2), p95 1.2, CPU 1.1")
+    record("2026-12-07-ab-target-search", "B/A median of 10 rounds: throughput 0.75 (B above A in 1), p95 1.3, CPU 1")
+    rows = report.paired_target_rows(tmp_path)
+    assert [(r[0].split(":")[0], r[2], r[3]) for r in rows] == [
+        ("read throughput", "10%", "yes"),
+        ("read p95", "20%", "**no**"),
+        ("search throughput", "25%", "**no**"),
+        ("search p95", "30%", "**no**"),
+    ]
+    assert "record `2026-12-07-ab-target-read`" in rows[0][0]
+    assert report.paired_target_rows(tmp_path / "none") == []
 
 
 def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_run(tmp_path: Path) -> None:
