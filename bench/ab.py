@@ -50,15 +50,26 @@ ACTORS = ("staff", "superuser")
 
 @dataclass(frozen=True)
 class Side:
-    """What one side of a comparison serves and asks: a version, a server, an actor."""
+    """What one side of a comparison serves and asks: a version, a server, an actor, and settings of its own
+    (``NARA_*`` variables, e.g. ``NARA_AUDIT_SEALER=external`` for a server without its sealer)."""
 
     ref: str
     actor: str
     server: str = "serve"
+    env: tuple[tuple[str, str], ...] = ()
 
     def describe(self, commit: str) -> str:
         where = "the server without read audit" if self.server == "unaudited" else "nara serve"
-        return f"{self.actor} on {where} at {commit}"
+        settings = "".join(f", {k}={v}" for k, v in self.env)
+        return f"{self.actor} on {where} at {commit}{settings}"
+
+
+def env_setting(text: str) -> tuple[str, str]:
+    """One ``--a-env``/``--b-env`` value: ``NAME=value``, a Nära setting (NARA_*)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("NARA_"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give NARA_NAME=value")
+    return name, value
 
 
 def sides(args: argparse.Namespace) -> dict[str, Side]:
@@ -68,6 +79,7 @@ def sides(args: argparse.Namespace) -> dict[str, Side]:
             getattr(args, side),
             getattr(args, f"{side}_actor") or args.actor,
             getattr(args, f"{side}_server"),
+            tuple(getattr(args, f"{side}_env", None) or ()),
         )
         for side in ("a", "b")
     }
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(
             f"--{side}-server", choices=SERVERS, default="serve", help=f"side {side.upper()}'s server (default serve)"
         )
+        ap.add_argument(
+            f"--{side}-env", type=env_setting, action="append", help=f"NARA_NAME=value for side {side.upper()} only"
+        )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seconds", type=int, default=4, help="per version and round")
     ap.add_argument("--connections", type=int, default=8)
@@ -162,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                     "NARA_DEV_IDP_KEY": str(key_file),
                     "PYTHONPATH": str(sources[side] / "src"),
                     "NARA_AUDIT_OUTBOX": str(work / f"outbox-{side}"),
+                    **dict(spec[side].env),
                 }
                 module = "bench.unaudited_server" if spec[side].server == "unaudited" else None
                 server = NaraServer(url, free_port(), 1, work / f"server-{side}.log", env=env, module=module)

@@ -37,15 +37,21 @@ def test_a_version_runs_from_a_worktree_of_its_commit_that_is_removed_afterwards
 
 
 def test_each_side_may_name_its_own_actor_and_server_else_the_common_actor() -> None:
-    from bench.ab import Side, sides
+    from bench.ab import Side, env_setting, sides
 
     args = argparse.Namespace(
         a="HEAD", b="WORKTREE", actor="staff", a_actor="superuser", b_actor=None, a_server="unaudited", b_server="serve"
     )
+    args.a_env, args.b_env = None, [("NARA_AUDIT_SEALER", "external")]
     assert sides(args) == {
         "a": Side("HEAD", "superuser", "unaudited"),
-        "b": Side("WORKTREE", "staff", "serve"),
+        "b": Side("WORKTREE", "staff", "serve", (("NARA_AUDIT_SEALER", "external"),)),
     }
+    assert sides(args)["b"].describe("abc123") == "staff on nara serve at abc123, NARA_AUDIT_SEALER=external"
+    assert env_setting("NARA_AUDIT_SEALER=external") == ("NARA_AUDIT_SEALER", "external")
+    for bad in ("NARA_AUDIT_SEALER", "PATH=/tmp"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            env_setting(bad)
     assert Side("HEAD", "superuser", "unaudited").describe("abc123") == (
         "superuser on the server without read audit at abc123"
     )
