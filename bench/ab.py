@@ -39,7 +39,7 @@ from typing import Any
 
 from bench import pgbaseline
 from bench.loadgen import run_wrk, write_plan
-from bench.results import loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, write_record
 from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
 from bench.target import ROOT, NaraServer, free_port
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (spec[x].describe(commit_of(spec[x].ref)) for x in ("a", "b"))
         record = {
             "title": f"A/B: {what}, {a} (A) against {b} (B)",
-            "command": "python -m bench.ab " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command_line("bench.ab", argv),
             "date": date.today().isoformat(),
             "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, PostgreSQL on the same machine",
             "conditions": (

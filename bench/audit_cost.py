@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pgbaseline
-from bench.results import loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, write_record
 from bench.scenarios import SECURITY_DB, security_data, security_tokens
 from bench.target import ROOT
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             args.record_name,
             {
                 "title": f"The audit hook's CPU a read by id, in-process, at {commit}",
-                "command": "python -m bench.audit_cost " + " ".join(sys.argv[1:] if argv is None else argv),
+                "command": command_line("bench.audit_cost", argv),
                 "date": date.today().isoformat(),
                 "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, PostgreSQL on the same machine",
                 "conditions": (

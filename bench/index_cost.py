@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import synth
-from bench.results import loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, write_record
 from nara.fhir.searchparams import IndexRows
 from nara.store.crud import Tx
 from nara.store.database import create_engine, drop_database, ensure_database
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     m = machine_facts()
     record = {
         "title": "Index extraction's share of a write (issue 3)",
-        "command": "python -m bench.index_cost " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("bench.index_cost", argv),
         "date": date.today().isoformat(),
         "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, in process (no HTTP)",
         "conditions": f"fresh database per measurement, {args.reps} repetitions (median), write hooks (access "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +53,12 @@ def loadavg() -> list[float]:
 
 
 RECORDS = Path(__file__).resolve().parent / "records"
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How a one-off measurement was run, for its record: ``python -m <module>`` and its arguments, quoted so that
+    the line can be run again as it stands."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_record(name: str, record: dict[str, Any]) -> Path:

@@ -25,7 +25,7 @@ import psycopg
 
 from bench import synth
 from bench.loadgen import Req, run_wrk, write_plan
-from bench.results import loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, write_record
 from bench.stats import summarize
 from bench.target import NaraServer, dev_idp, free_port
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     m = machine_facts()
     record = {
         "title": f"The search mix on the large region ({counts[0]:,} people, {counts[1]:,} Observations)",
-        "command": "python -m bench.scale_probe " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command_line("bench.scale_probe", argv),
         "date": date.today().isoformat(),
         "machine": f"{m.get('cores')} cores, {m.get('memory_gib')} GiB; nara serve --workers {args.workers}",
         "conditions": f"wrk, {args.connections} connections, {args.seconds} s x 3 per query, system-client token; "

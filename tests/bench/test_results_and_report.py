@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +365,9 @@ def test_report_help_and_unknown_options_answer_without_regenerating_the_documen
         report.main(["--no-such-option"])
     assert refused.value.code == 2
     assert (report.DOC.stat().st_mtime_ns if report.DOC.exists() else None) == before
+
+
+def test_a_records_command_line_is_quoted_so_that_it_runs_again_as_it_stands() -> None:
+    line = results.command_line("bench.ab", ["--a", "HEAD", "--note", "B's side: without its sealer"])
+    assert line == "python -m bench.ab --a HEAD --note 'B'\"'\"'s side: without its sealer'"
+    assert shlex.split(line)[-1] == "B's side: without its sealer"
