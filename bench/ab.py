@@ -39,9 +39,9 @@ from typing import Any
 
 from bench import pgbaseline
 from bench.loadgen import run_wrk, write_plan
-from bench.results import command_line, loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, short_commit, write_record
 from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
-from bench.target import ROOT, NaraServer, free_port
+from bench.target import ROOT, NaraServer, dev_idp_env, free_port
 
 WORKTREE = "WORKTREE"
 SERVERS = ("serve", "unaudited")  # `nara serve`, or the benchmark's twin without read audit
@@ -117,15 +117,6 @@ def checkout(ref: str) -> Iterator[Path]:
         shutil.rmtree(where, ignore_errors=True)
 
 
-def commit_of(ref: str) -> str:
-    if ref == WORKTREE:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
-        return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
-    out = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", required=True, help="git ref of version A, or WORKTREE")
@@ -173,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 # one of them (A/A 0.93 with the second one started slower in 9 rounds of 10), through their
                 # sealers and connection pools sharing the machine and the audit chain's lock.
                 env = {
-                    "NARA_DEV_IDP": "true",
-                    "NARA_DEV_IDP_KEY": str(key_file),
+                    **dev_idp_env(key_file),
                     "PYTHONPATH": str(sources[side] / "src"),
                     "NARA_AUDIT_OUTBOX": str(work / f"outbox-{side}"),
                     **dict(spec[side].env),
@@ -219,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         m = machine_facts()
         load = loadavg()
         what = "reads by id" if args.kind == "read" else "patient-scoped searches"
-        a, b = (spec[x].describe(commit_of(spec[x].ref)) for x in ("a", "b"))
+        a, b = (
+            spec[x].describe(short_commit(ROOT, None if spec[x].ref == WORKTREE else spec[x].ref)) for x in ("a", "b")
+        )
         record = {
             "title": f"A/B: {what}, {a} (A) against {b} (B)",
             "command": command_line("bench.ab", argv),

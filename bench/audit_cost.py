@@ -23,7 +23,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import pgbaseline
-from bench.results import command_line, loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, short_commit, write_record
 from bench.scenarios import SECURITY_DB, security_data, security_tokens
-from bench.target import ROOT
+from bench.target import ROOT, dev_idp_env
 
 
 def cpu_us_per_call(fn: Callable[[], Any], calls: int, repetitions: int) -> list[float]:
@@ -72,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     staff_token, superuser_token = security_tokens(key_file, data.nurse)
     os.environ.update(
         {
-            "NARA_DEV_IDP": "true",
-            "NARA_DEV_IDP_KEY": str(key_file),
+            **dev_idp_env(key_file),
             "NARA_AUDIT_OUTBOX": str(work / "outbox"),
             "NARA_AUDIT_SEALER": "external",  # nothing drains it: the records stay in the temporary outbox
         }
@@ -123,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         store.dispose()
         shutil.rmtree(work, ignore_errors=True)
     if args.record_name:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=ROOT, capture_output=True, text=True)
-        commit = head.stdout.strip() + (" with uncommitted changes" if dirty.stdout.strip() else "")
+        commit = short_commit(ROOT)
         m = machine_facts()
         write_record(
             args.record_name,

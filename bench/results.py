@@ -45,6 +45,17 @@ def git_facts(root: Path) -> dict[str, Any]:
     }
 
 
+def short_commit(root: Path, ref: str | None = None) -> str:
+    """The short commit of ``ref``, or (None) of the checkout at ``root`` as it is: its HEAD, with ``+changes``
+    when git shows any change in it; for the title of a one-off measurement's record."""
+    if ref is not None:
+        out = subprocess.run(["git", "rev-parse", "--short", ref], cwd=root, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def loadavg() -> list[float]:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]

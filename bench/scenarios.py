@@ -26,7 +26,7 @@ import orjson
 from bench import fhirclient, pgbaseline, profiles, synth
 from bench.loadgen import DELETE_CREATED, Req, run_wrk, write_plan
 from bench.results import Run, Scenario, loadavg
-from bench.target import ROOT, NaraServer, Target, free_port, reset_database
+from bench.target import ROOT, NaraServer, Target, dev_idp_env, free_port, reset_database
 
 TX_SIZE = 100  # entries in the vital-signs transaction of issue 2
 INGEST_BATCH = 5  # Observations in a home-monitoring batch
@@ -924,7 +924,7 @@ def security_fixture(b: Bench, patients: int = SECURITY_PATIENTS) -> SecurityFix
     url = pgbaseline.pg_url(SECURITY_DB)
     generate_security_region(url, patients)
     key_file = b.work_dir / "security-idp-key.json"
-    env = {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
+    env = dev_idp_env(key_file)
     # One worker: the figures compare the cost of a request. With two, where wrk's keep-alive connections land
     # decides the result (measured: the same superuser reads 956/s with all 8 connections on one worker,
     # 1,900/s with 4 on each; uvicorn's workers race to accept, and one often takes most of a burst).

@@ -161,11 +161,16 @@ class NaraServer:
         self.proc = None
 
 
+def dev_idp_env(key_file: Path) -> dict[str, str]:
+    """Environment that turns on Nära's development identity provider with the run-local key in ``key_file``."""
+    return {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
+
+
 def dev_idp(key_file: Path, ttl_s: int = 12 * 3600) -> tuple[dict[str, str], str | None]:
     """Environment that turns on Nära's development identity provider with a run-local key, and a
     system-client token (policy off, still audited) signed with it; (env, None) when this Nära has no
     security module yet."""
-    env = {"NARA_DEV_IDP": "true", "NARA_DEV_IDP_KEY": str(key_file)}
+    env = dev_idp_env(key_file)
     try:
         from nara.security import devidp
     except ImportError:

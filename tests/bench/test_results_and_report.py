@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -371,3 +372,11 @@ def test_a_records_command_line_is_quoted_so_that_it_runs_again_as_it_stands() -
     line = results.command_line("bench.ab", ["--a", "HEAD", "--note", "B's side: without its sealer"])
     assert line == "python -m bench.ab --a HEAD --note 'B'\"'\"'s side: without its sealer'"
     assert shlex.split(line)[-1] == "B's side: without its sealer"
+
+
+def test_a_records_version_is_the_short_commit_and_this_checkout_says_when_it_has_changes() -> None:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert results.short_commit(ROOT, "HEAD") == head.stdout.strip()
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+    assert results.short_commit(ROOT) == expected
