@@ -121,6 +121,7 @@ class Settings:
             autocommit_reads=_env_bool("NARA_AUTOCOMMIT_READS", True),
             async_read_commit=_env_bool("NARA_ASYNC_READ_COMMIT", True),
             generic_read_plans=_env_bool("NARA_GENERIC_READ_PLANS", False),
+            loop_reads=_env_bool("NARA_LOOP_READS", True),
         )
     )
     security: SecuritySettings = field(default_factory=_security_from_env)

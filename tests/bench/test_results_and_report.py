@@ -342,6 +342,38 @@ def test_the_targets_show_the_newest_paired_measurement_of_bench_ab(tmp_path: Pa
     assert report.paired_target_rows(tmp_path / "none") == []
 
 
+def test_the_newest_target_record_is_the_latest_of_nara_as_it_runs_by_default(tmp_path: Path) -> None:
+    def record(name: str, result: str, command: str = "python -m bench.ab", at: str | None = None) -> None:
+        rec: dict[str, Any] = {"date": name[:10], "command": command, "figures": {"result": result}}
+        if at:
+            rec["recorded_at"] = at
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+
+    line = "B/A median of 10 rounds: throughput {} (B above A in 1), p95 1.2, CPU 1"
+    record("2026-12-07-ab-target-read", line.format(0.75))  # written before records had a time of day
+    record("2026-12-07-ab-target-read-2-threads", line.format(0.8), "python -m bench.ab --a-env NARA_PROBE_THREADS=2")
+    record("2026-12-07-ab-target-read-later", line.format(0.82), at="18:10:00")
+    record("2026-12-07-ab-target-read-earlier", line.format(0.7), at="17:10:00")
+    record("2026-12-06-ab-target-read-old", line.format(0.9), at="23:00:00")
+    newest = report.newest_target_record("read", tmp_path)
+    assert newest is not None and newest[0].stem == "2026-12-07-ab-target-read-later"
+    assert report.paired_target_rows(tmp_path)[0][2] == "18%"
+    assert report.newest_target_record("search", tmp_path) is None
+
+
+def test_a_record_is_never_replaced_and_carries_its_time_of_day(tmp_path: Path) -> None:
+    from bench.results import new_record_path, write_record
+
+    first = write_record("probe", {"date": "2026-12-07", "figures": {"x": "1"}}, tmp_path / "records")
+    assert json.loads(first.read_text())["recorded_at"].count(":") == 2
+    with pytest.raises(FileExistsError, match="another name"):
+        new_record_path("probe", "2026-12-07", tmp_path / "records")
+    with pytest.raises(FileExistsError):
+        write_record("probe", {"date": "2026-12-07", "figures": {"x": "2"}}, tmp_path / "records")
+    assert json.loads(first.read_text())["figures"] == {"x": "1"}
+    assert new_record_path("probe", "2026-12-08", tmp_path / "records").name == "2026-12-08-probe.json"
+
+
 def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_run(tmp_path: Path) -> None:
     older = security_run(tmp_path, "long", 10_000_000, 120.0)
     security_run(tmp_path, "quick", 1_000_000, 55.0)

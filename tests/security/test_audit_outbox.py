@@ -3,6 +3,7 @@ before the read answers, and in the log once drained; each record is inserted on
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 
 from nara.config import Settings
 from nara.security import audit
@@ -467,6 +468,37 @@ def test_threads_appending_at_once_each_get_their_record_logged_whole_and_once(
     assert drain(store.engine, spool) == 0 and pending_files(spool) == []
     assert logged_ids(store) == sorted(f"obs-{t * 1000 + i}" for t in range(8) for i in range(100))
     assert not (spool / "rejected.lines").exists() and audit.verify(store.engine).ok
+
+
+def test_requests_on_the_event_loop_appending_the_first_records_at_once_all_go_on(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """The first record asks the database for its tag. On the event loop (Store.run_on_loop) that wait lets
+    another request run, which appends too: it must not find the writer's lock held by the waiting one (the
+    loop's one thread would wait for itself, and every request of the worker with it)."""
+    if not store.serves_on_loop:
+        pytest.skip("reads run on the event loop on PostgreSQL")
+    spool = tmp_path / "spool"
+
+    def tag() -> str:
+        with store.engine.connect() as conn:  # on the loop: awaited, the loop serves the others meanwhile
+            conn.execute(text("SELECT pg_sleep(0.2)"))
+        return database_tag(store.engine)
+
+    writer = Outbox(spool, tag)
+
+    async def appends() -> None:
+        try:
+            await asyncio.gather(*(store.run_on_loop(writer.append, _record(i), audit.now_utc()) for i in range(4)))
+        finally:
+            await store.close_loop()
+
+    runner = threading.Thread(target=asyncio.run, args=(appends(),), daemon=True)
+    runner.start()
+    runner.join(timeout=20)
+    assert not runner.is_alive(), "the appends waited for one another"
+    writer.close()
+    assert sorted(r["e"]["resource_id"] for r in spooled(spool)) == [f"obs-{i}" for i in range(4)]
 
 
 def test_a_forked_child_neither_appends_to_nor_holds_its_parents_file(

@@ -86,7 +86,8 @@ class Outbox:
 
     def __init__(self, directory: Path, tag: Callable[[], str], max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.directory = Path(directory)
-        self.tag = tag  # the database's tag (database_tag), asked for when the first file is made
+        self.tag = tag  # the database's tag (database_tag), asked for when the first record is appended
+        self._tag: str | None = None
         self.max_file_bytes = max_file_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -101,6 +102,11 @@ class Outbox:
         except ValueError as exc:  # the read must not answer: its record would never reach the log
             raise OutboxError(f"the audit record cannot be logged: {exc}") from exc
         line = orjson.dumps(row) + b"\n"
+        if self._tag is None:
+            # Asked before the lock is taken: the database's answer may be awaited on the event loop
+            # (Store.run_on_loop), and another request on that loop, appending meanwhile, must not find the
+            # lock held by a request that cannot go on until it has run.
+            self._tag = self.tag()
         with self._lock:
             try:
                 if self._fd is None or self._size >= self.max_file_bytes:
@@ -145,7 +151,7 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(PermissionError):
             os.chmod(self.directory, 0o700)  # log data: the service's user only, also when made by someone else
-        name = f"{self.tag()}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        name = f"{self._tag or self.tag()}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -185,6 +185,14 @@ class Gate:
                 self.audit_refused_request(_claimed_actor(claims), req, exc)
             raise
 
+    def knows_token(self, authorization: str | None) -> bool:
+        """Whether the request's token was verified a moment ago, so that authenticating it asks no identity
+        provider for its keys (a network call, which must not hold the server's event loop)."""
+        if not self.settings.enabled:
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and self.validator.recently_verified(token.strip())
+
     def policy(self, actor: Actor, rules_available: bool = True) -> Policy:
         return Policy(actor, audit.now_utc(), rules_available)
 
@@ -278,6 +286,10 @@ class Gate:
                 except OutboxError as exc:
                     log.error("%s", exc)
                     raise FhirError(500, "exception", "The access could not be logged; nothing is shown") from exc
+            elif self.store.on_loop():
+                # A request on the event loop cannot wait on the group's lock: its holder may be another request
+                # on the same loop, which could then never finish writing. Its own statement instead.
+                audit.record(tx.conn, rec)
             else:
                 # Written before the request answers, together with concurrent reads' records.
                 self.group_commit.record(tx.conn, rec)

@@ -86,6 +86,11 @@ class TokenValidator:
         self._verified: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
+    def recently_verified(self, token: str) -> bool:
+        """Whether validating ``token`` now would take its verified claims, asking no identity provider."""
+        hit = self._verified.get(token)
+        return hit is not None and time.time() - hit[0] < VERIFIED_SECONDS
+
     def validate(self, token: str) -> dict[str, Any]:
         now = time.time()
         hit = self._verified.get(token)

@@ -97,12 +97,26 @@ async def fhir_endpoint(request: Request) -> Response:
             outcome = await run_in_threadpool(_execute_public, store, ctx, req)
         else:
             authorization = request.headers.get("authorization")
-            outcome = await run_in_threadpool(_authenticate_and_execute, store, gate, authorization, ctx, req)
+            if store.serves_on_loop and runs_on_loop(method, path) and gate.knows_token(authorization):
+                outcome = await store.run_on_loop(_authenticate_and_execute, store, gate, authorization, ctx, req)
+            else:
+                outcome = await run_in_threadpool(_authenticate_and_execute, store, gate, authorization, ctx, req)
     except FhirError as exc:
         return error_response(exc, pretty)
     status = outcome.status
     body_out = None if method == "HEAD" or status == 304 else outcome.body
     return FhirResponse(body_out, status, outcome.headers, pretty)
+
+
+# Served on the event loop where the store can (PostgreSQL): reads by id, version reads, searches and histories,
+# whose work is mostly waiting for the database. Writes, batches and operations ($everything, $export, the log
+# extract) keep their thread: their longer CPU work would hold the loop and every other request with it. So
+# does a request whose token is not yet verified: verifying may fetch the identity provider's keys.
+LOOP_INTERACTIONS = frozenset({"read", "vread", "search", "history"})
+
+
+def runs_on_loop(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and interaction_kind(method, path) in LOOP_INTERACTIONS
 
 
 def _execute_public(store: Store, ctx: Context, req: FhirRequest) -> Outcome:
@@ -221,6 +235,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.state.gate.start_sealer()
         yield
         app.state.gate.stop_sealer()
+        await store.close_loop()
         if own_store:
             store.dispose()
 

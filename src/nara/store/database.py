@@ -10,6 +10,7 @@ from sqlalchemy import Text, bindparam, cast, event
 from sqlalchemy import create_engine as _create_engine
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -66,8 +67,41 @@ def create_engine(
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+    kwargs.update(_postgres_kwargs(pool_size, statement_timeout_ms, pg_settings, autocommit))
+    return _create_engine(full, **kwargs)
+
+
+def create_loop_engine(
+    url: str | None,
+    *,
+    pool_size: int = 10,
+    statement_timeout_ms: int = 0,
+    pg_settings: dict[str, str] | None = None,
+    autocommit: bool = False,
+) -> AsyncEngine:
+    """A PostgreSQL engine on psycopg's asyncio connections, for requests served on the server's event loop.
+
+    The store's code stays synchronous: run inside ``greenlet_spawn`` (Store.run_on_loop), its
+    ``AsyncEngine.sync_engine`` waits for the database by giving the event loop back instead of blocking a
+    thread (SQLAlchemy's asyncio bridge). Same connection settings as ``create_engine``'s."""
+    full = database_url(url)
+    if make_url(full).get_backend_name() != "postgresql":
+        raise ValueError("an event-loop engine is for PostgreSQL only")
+    return create_async_engine(
+        full, echo=False, **_postgres_kwargs(pool_size, statement_timeout_ms, pg_settings, autocommit)
+    )
+
+
+def _postgres_kwargs(
+    pool_size: int, statement_timeout_ms: int, pg_settings: dict[str, str] | None, autocommit: bool
+) -> dict[str, Any]:
     _widen_psycopg_parse_cache()
-    kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False, pool_recycle=1800)
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_pre_ping": False,
+        "pool_recycle": 1800,
+    }
     options = dict(pg_settings or {})
     if statement_timeout_ms:
         # Bounds every statement, so a pathological query answers with an error instead of hanging a worker.
@@ -76,7 +110,7 @@ def create_engine(
         kwargs["connect_args"] = {"options": " ".join(f"-c {k}={v}" for k, v in options.items())}
     if autocommit:
         kwargs["isolation_level"] = "AUTOCOMMIT"
-    return _create_engine(full, **kwargs)
+    return kwargs
 
 
 def _widen_psycopg_parse_cache() -> None:

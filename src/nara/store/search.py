@@ -890,7 +890,7 @@ class Searcher:
         generic plan stopped using the patient's index. Unprepared (unnamed) statements are planned each time.
         Reads by id keep their prepared plans.
         """
-        raw = self.tx.conn.connection.dbapi_connection if self.tx.pg else None
+        raw = self.tx.conn.connection.driver_connection if self.tx.pg else None
         if raw is None or not hasattr(raw, "prepare_threshold"):
             yield
             return

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from nara.fhir.outcome import FhirError
 from nara.store.crud import Tx
-from nara.store.database import create_engine, is_postgres
+from nara.store.database import create_engine, create_loop_engine, is_postgres
 
 log = logging.getLogger("nara.store")
 
@@ -39,6 +44,25 @@ class StoreSettings:
     autocommit_reads: bool = True
     async_read_commit: bool = True
     generic_read_plans: bool = False
+    # PostgreSQL: the server runs read requests on its event loop, on psycopg's asyncio connections, instead of
+    # handing each to a thread (Store.run_on_loop; docs/adr/0005). Off: every request goes to the thread pool.
+    loop_reads: bool = True
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class LoopEngines:
+    """One event loop's engines (a connection pool belongs to the loop its connections wait on)."""
+
+    loop: asyncio.AbstractEventLoop
+    write: AsyncEngine
+    read: AsyncEngine
+
+
+# The store and engines of the request being run on an event loop by Store.run_on_loop (None elsewhere).
+_on_loop: ContextVar[tuple[Store, LoopEngines] | None] = ContextVar("nara_store_on_loop", default=None)
 
 
 # Write hooks every new Store starts with: derived indexes that must never miss a write (e.g. the access
@@ -54,12 +78,19 @@ def register_write_hook(hook: Callable[..., None]) -> None:
 
 class Store:
     def __init__(
-        self, engine: Engine, settings: StoreSettings | None = None, read_engine: Engine | None = None
+        self,
+        engine: Engine,
+        settings: StoreSettings | None = None,
+        read_engine: Engine | None = None,
+        loop_engines: Callable[[], tuple[AsyncEngine, AsyncEngine]] | None = None,
     ) -> None:
-        self.engine = engine
+        self._engine = engine
         # PostgreSQL: reads run in autocommit on their own pool (no BEGIN/COMMIT round trips); the audit
         # record a read writes commits without waiting for the WAL flush (see docs/adr/0003).
-        self.read_engine = read_engine
+        self._read_engine = read_engine
+        # PostgreSQL: builds the (write, read) engines of an event loop for requests run on it (run_on_loop).
+        self._loop_engines = loop_engines
+        self._loops: dict[int, LoopEngines] = {}
         self.engine_statement_timeout_ms: int | None = None
         self.settings = settings or StoreSettings()
         self.postgres = is_postgres(engine)
@@ -80,6 +111,7 @@ class Store:
             # Off by default: measured, generic plans made staff searches 2-3x slower (the patient index was
             # not used for the policy-filtered page query), while reads by id gained little.
             read_settings["plan_cache_mode"] = "force_generic_plan"
+        loop_engines = None
         if is_postgres(engine) and settings.autocommit_reads:
             read_engine = create_engine(
                 url,
@@ -88,9 +120,78 @@ class Store:
                 pg_settings=read_settings,
                 autocommit=True,
             )
-        store = cls(engine, settings, read_engine)
+            if settings.loop_reads:
+                timeout = settings.statement_timeout_ms
+
+                def loop_engines() -> tuple[AsyncEngine, AsyncEngine]:
+                    # The write pool serves only what a read request writes: a denial's record, a log reader's
+                    # drain of the outbox.
+                    write = create_loop_engine(url, pool_size=min(pool_size, 4), statement_timeout_ms=timeout)
+                    read = create_loop_engine(
+                        url,
+                        pool_size=pool_size,
+                        statement_timeout_ms=timeout,
+                        pg_settings=read_settings,
+                        autocommit=True,
+                    )
+                    return write, read
+
+        store = cls(engine, settings, read_engine, loop_engines)
         store.engine_statement_timeout_ms = settings.statement_timeout_ms  # what the connections carry
         return store
+
+    # ---- engines: the thread's, or the event loop's for a request run on it --------------------------
+    @property
+    def engine(self) -> Engine:
+        here = self._here()
+        return here.write.sync_engine if here is not None else self._engine
+
+    @property
+    def read_engine(self) -> Engine | None:
+        here = self._here()
+        return here.read.sync_engine if here is not None else self._read_engine
+
+    def _here(self) -> LoopEngines | None:
+        current = _on_loop.get()
+        return current[1] if current is not None and current[0] is self else None
+
+    def on_loop(self) -> bool:
+        """Whether the caller is a request run on the event loop by ``run_on_loop`` (it must not wait on a
+        thread's lock that another request on the same loop holds: that request could never go on)."""
+        return self._here() is not None
+
+    @property
+    def serves_on_loop(self) -> bool:
+        return self._loop_engines is not None
+
+    async def run_on_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, synchronous store code, on the running event loop instead of a thread.
+
+        ``fn`` runs in a greenlet (SQLAlchemy's asyncio bridge): where it waits for PostgreSQL, the loop serves
+        other requests, and no thread hand-off or interpreter-lock contention comes with each statement
+        (measured: docs/adr/0005). Its CPU work holds the loop, so only short requests should come here.
+        Only for a store with loop engines (``serves_on_loop``)."""
+        if self._loop_engines is None:
+            raise RuntimeError("this store has no event-loop engines")
+        loop = asyncio.get_running_loop()
+        engines = self._loops.get(id(loop))
+        if engines is None or engines.loop is not loop:
+            for key in [k for k, e in self._loops.items() if e.loop.is_closed()]:
+                del self._loops[key]  # a loop that has ended: its connections went with it
+            write, read = self._loop_engines()
+            engines = self._loops[id(loop)] = LoopEngines(loop, write, read)
+        token = _on_loop.set((self, engines))
+        try:
+            return await greenlet_spawn(fn, *args)
+        finally:
+            _on_loop.reset(token)
+
+    async def close_loop(self) -> None:
+        """Close the running event loop's connections (a server's shutdown)."""
+        engines = self._loops.pop(id(asyncio.get_running_loop()), None)
+        if engines is not None:
+            await engines.read.dispose()
+            await engines.write.dispose()
 
     # Settings used directly by Tx.
     @property
@@ -133,9 +234,12 @@ class Store:
             conn.close()
 
     def dispose(self) -> None:
-        self.engine.dispose()
-        if self.read_engine is not None:
-            self.read_engine.dispose()
+        self._engine.dispose()
+        if self._read_engine is not None:
+            self._read_engine.dispose()
+        # An event loop's connections are closed on that loop (close_loop); those of a loop that ended without
+        # it went with the loop.
+        self._loops.clear()
 
 
 def translate_db_error(exc: DBAPIError) -> FhirError:
