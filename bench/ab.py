@@ -39,7 +39,7 @@ from typing import Any
 
 from bench import pgbaseline
 from bench.loadgen import run_wrk, write_plan
-from bench.results import command_line, loadavg, machine_facts, short_commit, write_record
+from bench.results import command_line, loadavg, machine_facts, new_record_path, short_commit, write_record
 from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
 from bench.target import ROOT, NaraServer, dev_idp_env, free_port
 
@@ -83,6 +83,16 @@ def sides(args: argparse.Namespace) -> dict[str, Side]:
         )
         for side in ("a", "b")
     }
+
+
+def failed_requests(sample: dict[str, Any]) -> str | None:
+    """What went wrong in a round's requests, if anything: a server that answers errors (a 401 for a stale
+    token, a 500) answers them fast and would look faster, so such a round is no measurement."""
+    if not sample["errors"]:
+        return None
+    return (
+        f"{sample['errors']} requests failed (status {sample['status']}, transport errors {sample['transport_errors']})"
+    )
 
 
 def round_order(index: int) -> tuple[str, str]:
@@ -138,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record-name", help="write bench/records/<date>-ab-<name>.json")
     ap.add_argument("--note", default="", help="added to the record's note")
     args = ap.parse_args(argv)
+    if args.record_name:
+        try:
+            new_record_path(f"ab-{args.record_name}", date.today().isoformat())
+        except FileExistsError as exc:
+            ap.error(str(exc))
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     url = pgbaseline.pg_url(SECURITY_DB)
@@ -185,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                     cpu_ms = (server.cpu_seconds() - cpu0) * 1000 / max(sample["requests"], 1)
                 finally:
                     server.stop()
+                failed = failed_requests(sample)
+                if failed:
+                    print(f"round {i + 1} {side}: {failed}; no figures are kept", file=sys.stderr)
+                    return 3
                 figures[side].append((sample["throughput"], sample["p95_ms"], cpu_ms))
                 print(
                     f"round {i + 1} {side}: {sample['throughput']:.0f}/s, p95 {sample['p95_ms']:.1f} ms, "

@@ -465,16 +465,34 @@ def _extract_row(sc: dict[str, Any], run: str | None) -> tuple[str, str, str, st
 _AB_RESULT = re.compile(r"throughput (?P<throughput>[0-9.]+) .*p95 (?P<p95>[0-9.]+)")
 
 
+def newest_target_record(kind: str, records_dir: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest direct measurement of the target for ``kind`` (read or search): a ``*-ab-target-<kind>*``
+    record of Nära as it runs by default, that is, without settings of its own on either side (a probe with a
+    temporary switch, such as ``--a-env NARA_PROBE_THREADS=2``, is not the target). Newest by the record's date,
+    then by its time of day (records written before records had one come first on their day)."""
+    found = []
+    for path in (records_dir or RECORDS_DIR).glob(f"*-ab-target-{kind}*.json"):
+        rec = json.loads(path.read_text())
+        if "--a-env" in rec.get("command", "") or "--b-env" in rec.get("command", ""):
+            continue
+        found.append(((str(rec.get("date") or path.name[:10]), str(rec.get("recorded_at") or "")), path, rec))
+    if not found:
+        return None
+    _, path, rec = max(found, key=lambda x: x[0])
+    return path, rec
+
+
 def paired_target_rows(records_dir: Path | None = None) -> list[tuple[str, str, str, str]]:
-    """The target as ``bench/ab.py`` measures it directly (the newest ``*-ab-target-read`` and ``-search``
-    records): the staff member under policy and audit against the superuser on the twin without read audit,
-    one server at a time, the median of the rounds' ratios B/A."""
+    """The target as ``bench/ab.py`` measures it directly (``newest_target_record``): the staff member under
+    policy and audit against the superuser on the twin without read audit, one server at a time, the median of
+    the rounds' ratios B/A."""
     rows = []
     for kind in ("read", "search"):
-        found = sorted((records_dir or RECORDS_DIR).glob(f"*-ab-target-{kind}.json"))
-        if not found:
+        newest = newest_target_record(kind, records_dir)
+        if newest is None:
             continue
-        match = _AB_RESULT.search(json.loads(found[-1].read_text())["figures"]["result"])
+        path, rec = newest
+        match = _AB_RESULT.search(rec["figures"]["result"])
         if match is None:
             continue
         costs = (("throughput", 1 - float(match["throughput"])), ("p95", float(match["p95"]) - 1))
@@ -482,7 +500,7 @@ def paired_target_rows(records_dir: Path | None = None) -> list[tuple[str, str, 
             rows.append(
                 (
                     f"{kind} {measure}: policy + audit against the superuser with neither, paired rounds with one "
-                    f"server at a time (`bench/ab.py`, record `{found[-1].stem}`)",
+                    f"server at a time (`bench/ab.py`, record `{path.stem}`)",
                     "<= 15%",
                     pct(cost),
                     "yes" if cost <= 0.15 else "**no**",

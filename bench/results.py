@@ -72,11 +72,23 @@ def command_line(module: str, argv: list[str] | None) -> str:
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
-def write_record(name: str, record: dict[str, Any]) -> Path:
+def new_record_path(name: str, day: str | None = None, records: Path | None = None) -> Path:
+    """Where the record ``name`` of ``day`` (today) goes; FileExistsError when it exists. A measurement checks
+    this before it starts, not after its minutes of work."""
+    out = (records or RECORDS) / f"{day or datetime.now(UTC).date().isoformat()}-{name}.json"
+    if out.exists():
+        raise FileExistsError(f"{out.relative_to(out.parent.parent)} exists: give this measurement another name")
+    return out
+
+
+def write_record(name: str, record: dict[str, Any], records: Path | None = None) -> Path:
     """Write a one-off measurement (title, command, date, machine, conditions, figures, note) to
-    bench/records/<date>-<name>.json, where docs/performance.md shows it."""
-    RECORDS.mkdir(exist_ok=True)
-    out = RECORDS / f"{record.get('date') or datetime.now(UTC).date().isoformat()}-{name}.json"
+    bench/records/<date>-<name>.json, where docs/performance.md shows it, with the time it was written. An
+    existing record is never replaced: the docs cite records by name, so a new measurement takes a new name."""
+    now = datetime.now(UTC)
+    out = new_record_path(name, record.get("date"), records)
+    out.parent.mkdir(exist_ok=True)
+    record = {**record, "recorded_at": record.get("recorded_at") or now.strftime("%H:%M:%S")}
     out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"Wrote {out}")
     return out

@@ -25,7 +25,7 @@ import psycopg
 
 from bench import synth
 from bench.loadgen import Req, run_wrk, write_plan
-from bench.results import command_line, loadavg, machine_facts, write_record
+from bench.results import command_line, loadavg, machine_facts, new_record_path, write_record
 from bench.stats import summarize
 from bench.target import NaraServer, dev_idp, free_port
 
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="added to the record's note (e.g. how an existing database was loaded)")
     ap.add_argument("--record-name", help="file name part of the record (default scale-probe[-<load>x<observations>])")
     args = ap.parse_args(argv)
+    record_name = args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe")
+    try:
+        new_record_path(record_name)
+    except FileExistsError as exc:
+        ap.error(str(exc))
     work = Path(tempfile.mkdtemp(prefix="nara-scale-"))
     env, token = dev_idp(work / "idp.json")
     server = NaraServer(args.database_url, free_port(), args.workers, work / "server.log", env=env)
@@ -135,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         + loading
         + (f"; {args.note}" if args.note else ""),
     }
-    write_record(
-        args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe"), record
-    )
+    write_record(record_name, record)
     return 0
 
 
