@@ -59,6 +59,24 @@ def test_a_remembered_token_is_verified_again_against_the_issuers_current_keys(
     assert err.value.status == 401
 
 
+def test_a_token_counts_as_recently_verified_only_while_its_verification_lasts_a_moment_longer(
+    key: RSAKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the server asks before running a request on its event loop, where fetching keys must not happen."""
+    validator = validator_for(key)
+    start = time.time()
+    token = mint(key, "SE2321000032-PVC", "staff", ttl=3600)
+    assert not validator.recently_verified(token)  # never verified
+    clock_at(monkeypatch, start)
+    validator.validate(token)
+    assert validator.recently_verified(token)
+    clock_at(monkeypatch, start + tokens.VERIFIED_SECONDS - 2)
+    assert validator.recently_verified(token)
+    clock_at(monkeypatch, start + tokens.VERIFIED_SECONDS - 0.5)  # verified again within the moment: not now
+    assert not validator.recently_verified(token)
+    assert not validator.recently_verified("not-a-token")
+
+
 def test_a_refused_token_is_not_remembered(key: RSAKey) -> None:
     validator = validator_for(key)
     wrong_audience = mint(key, "SE2321000032-PVC", "staff", audience="another-server")

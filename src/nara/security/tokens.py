@@ -86,10 +86,11 @@ class TokenValidator:
         self._verified: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
-    def recently_verified(self, token: str) -> bool:
-        """Whether validating ``token`` now would take its verified claims, asking no identity provider."""
+    def recently_verified(self, token: str, margin: float = 1.0) -> bool:
+        """Whether validating ``token`` within the next ``margin`` seconds would take its verified claims, asking
+        no identity provider (the margin covers the moment between asking and validating)."""
         hit = self._verified.get(token)
-        return hit is not None and time.time() - hit[0] < VERIFIED_SECONDS
+        return hit is not None and time.time() - hit[0] < VERIFIED_SECONDS - margin
 
     def validate(self, token: str) -> dict[str, Any]:
         now = time.time()
