@@ -410,6 +410,36 @@ def test_a_record_the_database_refuses_is_kept_apart_and_every_other_still_drain
     assert pending_files(spool) == []
 
 
+def test_a_record_past_a_database_limit_is_kept_apart_and_does_not_hold_back_its_file(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """A program limit (SQLSTATE class 54, e.g. a value too large for an index row) refuses that record every
+    time: it is kept apart like a data error, and the records after it in the same file are logged."""
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    for i in (1, 2, 3):
+        writer.append(_record(i), audit.now_utc())
+    writer.close()
+    fault = (
+        "CREATE FUNCTION test_limit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.resource_id = 'obs-2' THEN RAISE EXCEPTION 'index row size exceeds maximum' "
+        "USING ERRCODE = '54000'; END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER test_limit BEFORE INSERT ON audit_event FOR EACH ROW EXECUTE FUNCTION test_limit()",
+    )
+    with store.engine.begin() as conn:
+        for stmt in fault:
+            conn.execute(text(stmt))
+    try:
+        assert drain(store.engine, spool) == 2
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER test_limit ON audit_event"))
+            conn.execute(text("DROP FUNCTION test_limit()"))
+    assert logged_ids(store) == ["obs-1", "obs-3"]
+    assert b'"obs-2"' in (spool / "rejected.lines").read_bytes()
+    assert pending_files(spool) == [] and audit.verify(store.engine).ok
+
+
 def test_a_write_the_full_disk_cut_short_leaves_no_part_before_the_next_record(
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:

@@ -352,9 +352,10 @@ def _insert(conn: Connection, records: list[tuple[bytes, dict[str, Any]]]) -> li
 def _insert_one_by_one(
     conn: Connection, records: list[tuple[bytes, dict[str, Any]]], rejected: list[tuple[bytes, str]]
 ) -> list[dict[str, Any]]:
-    """Insert the records one by one, each in a savepoint; a record the database refuses (its data: class 22
-    or 23) goes to ``rejected`` rather than stop every later record. Any other error (a lost connection, a
-    read-only database) ends the drain: the transaction is rolled back and the next drain tries again."""
+    """Insert the records one by one, each in a savepoint; a record the database refuses for what it holds
+    (``refused_for_its_data``) goes to ``rejected`` rather than stop every later record. Any other error (a
+    lost connection, a read-only database, a timeout) ends the drain: the transaction is rolled back and the
+    next drain tries again."""
     if not records:
         return []
     lock_chain(conn)
@@ -366,9 +367,22 @@ def _insert_one_by_one(
                 after = insert_sealed(conn, [row], head)
             head = after  # the chain goes on from a record only once it is in
             inserted.append(row)
-        except (DataError, IntegrityError):
+        except DBAPIError as exc:
+            if not refused_for_its_data(exc):
+                raise
             rejected.append((line, "the database refused it"))
     return inserted
+
+
+def refused_for_its_data(exc: DBAPIError) -> bool:
+    """Whether the database refused one record's insert for what the record holds, so that inserting it again
+    would fail again and hold back every record after it: a data exception (SQLSTATE class 22), an integrity
+    violation (23), or a program limit (54: a value too large for an index row, say). Anything else (a lost
+    connection, a timeout, a read-only or full database) is the database's state and passes."""
+    if isinstance(exc, (DataError, IntegrityError)):
+        return True
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    return state.startswith(("22", "23", "54"))
 
 
 def _reject(path: Path, line: bytes, why: str) -> None:
