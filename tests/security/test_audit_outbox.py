@@ -215,6 +215,36 @@ def test_r_log_3_a_backlog_larger_than_a_request_may_drain_answers_503_and_each_
     assert sum(1 for i in logged_ids(outbox_server.store) if i.startswith("obs-")) == DRAIN_BATCH * 2 + 100
 
 
+def test_a_log_readers_drain_waits_for_another_drainer_no_longer_than_its_time(
+    pg: Backend, store: Store, tmp_path: Path
+) -> None:
+    """Another drainer (the sealer) holds a file's row while it drains: a log reader's drain waits for it only
+    until its deadline, then says records wait (503 for the reader), not until the statement timeout."""
+    spool = tmp_path / "spool"
+    writer = writer_for(store, spool)
+    writer.append(_record(1), audit.now_utc())
+    assert drain(store.engine, spool) == 1  # the file has its row
+    writer.append(_record(2), audit.now_utc())
+    holder = store.engine.connect()
+    try:
+        holder.begin()
+        holder.execute(select(audit_outbox.c.drained).with_for_update())  # as a drainer in its transaction
+        released = threading.Timer(8.0, holder.rollback)  # never longer than this, if the wait were unbounded
+        released.start()
+        started = time.monotonic()
+        with pytest.raises(OutboxBacklog):
+            drain(store.engine, spool, time.monotonic() + 0.5)
+        waited = time.monotonic() - started
+        released.cancel()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert waited < 3.0
+    assert drain(store.engine, spool) == 1  # once the other drainer is done, the record goes in
+    writer.close()
+    assert logged_ids(store) == ["obs-1", "obs-2"]
+
+
 def test_a_drain_past_its_deadline_keeps_what_it_inserted_and_says_what_waits(
     pg: Backend, store: Store, tmp_path: Path
 ) -> None:

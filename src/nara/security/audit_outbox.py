@@ -56,7 +56,7 @@ import orjson
 from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from nara.security.audit import AuditRecord, insert_sealed, lock_chain, record_row, sealed_row
 from nara.security.schema import audit_outbox
@@ -287,6 +287,8 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
             rejected: list[tuple[bytes, str]] = []  # kept for the operator by the transaction that drains them
             try:
                 with engine.connect() as conn, conn.begin() as txn:
+                    if deadline is not None:
+                        _bound_lock_waits(conn, deadline)
                     offset = _locked_offset(conn, path)  # one drainer at a time per file
                     if offset is None:
                         # Another drainer finished the file and removed it (and its row) while this one waited:
@@ -313,6 +315,10 @@ def _drain_file(engine: Engine, path: Path, deadline: float | None, done: _Progr
             except _BatchRefused:
                 one_by_one = True  # the transaction is rolled back: the same lines again, one at a time
                 continue
+            except OperationalError as exc:
+                if deadline is not None and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                    raise _PastDeadline from None  # another drainer holds the file (or the chain) past our time
+                raise
             _committed[path] = (drained_to, time.monotonic())
             one_by_one = False
             total += len(rows)
@@ -425,6 +431,18 @@ def _finished(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
+MIN_LOCK_WAIT_MS = 50
+
+
+def _bound_lock_waits(conn: Connection, deadline: float) -> None:
+    """A log reader waits for another drainer's lock on a file's row, or for the chain's lock, no longer than
+    its time allows (not until the statement timeout): then it answers that the log is still taking in recent
+    accesses, as for a backlog."""
+    wait_ms = max(MIN_LOCK_WAIT_MS, int((deadline - time.monotonic()) * 1000))
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {wait_ms}")
 
 
 def _locked_offset(conn: Connection, path: Path) -> int | None:
