@@ -39,7 +39,7 @@ from typing import Any
 
 from bench import pgbaseline
 from bench.loadgen import run_wrk, write_plan
-from bench.results import command_line, loadavg, machine_facts, new_record_path, short_commit, write_record
+from bench.results import claim_record_name, command_line, loadavg, machine_facts, short_commit, write_record
 from bench.scenarios import SECURITY_DB, generate_security_region, security_data, security_requests, security_tokens
 from bench.target import ROOT, NaraServer, dev_idp_env, free_port
 
@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="added to the record's note")
     args = ap.parse_args(argv)
     if args.record_name:
-        try:
-            new_record_path(f"ab-{args.record_name}", date.today().isoformat())
-        except FileExistsError as exc:
-            ap.error(str(exc))
+        claim_record_name(ap, f"ab-{args.record_name}")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     url = pgbaseline.pg_url(SECURITY_DB)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import pgbaseline
-from bench.results import command_line, loadavg, machine_facts, new_record_path, short_commit, write_record
+from bench.results import claim_record_name, command_line, loadavg, machine_facts, short_commit, write_record
 from bench.scenarios import SECURITY_DB, security_data, security_tokens
 from bench.target import ROOT, dev_idp_env
 
@@ -59,10 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
     if args.record_name:
-        try:
-            new_record_path(args.record_name, date.today().isoformat())
-        except FileExistsError as exc:
-            ap.error(str(exc))
+        claim_record_name(ap, args.record_name)
     if args.calls < 1 or args.repetitions < 1:
         ap.error("--calls and --repetitions must be at least 1")
     url = pgbaseline.pg_url(SECURITY_DB)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import synth
-from bench.results import command_line, loadavg, machine_facts, new_record_path, write_record
+from bench.results import claim_record_name, command_line, loadavg, machine_facts, write_record
 from nara.fhir.searchparams import IndexRows
 from nara.store.crud import Tx
 from nara.store.database import create_engine, drop_database, ensure_database
@@ -121,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres-url", default=PG_URL, help="scratch PostgreSQL database (emptied)")
     ap.add_argument("--no-sqlite", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        new_record_path("index-cost")
-    except FileExistsError as exc:
-        ap.error(str(exc))
+    claim_record_name(ap, "index-cost")
     items = resources(args.resources)
     kinds = sorted({r["resourceType"] for r in items})
     work = Path(tempfile.mkdtemp(prefix="nara-index-cost-"))

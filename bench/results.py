@@ -7,6 +7,7 @@ malformed or hand-edited file fails loudly instead of producing a wrong page.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,21 @@ def command_line(module: str, argv: list[str] | None) -> str:
 
 
 def new_record_path(name: str, day: str | None = None, records: Path | None = None) -> Path:
-    """Where the record ``name`` of ``day`` (today) goes; FileExistsError when it exists. A measurement checks
-    this before it starts, not after its minutes of work."""
-    out = (records or RECORDS) / f"{day or datetime.now(UTC).date().isoformat()}-{name}.json"
+    """Where the record ``name`` of ``day`` (today, the date the records carry) goes; FileExistsError when it
+    exists."""
+    out = (records or RECORDS) / f"{day or date.today().isoformat()}-{name}.json"
     if out.exists():
         raise FileExistsError(f"{out.relative_to(out.parent.parent)} exists: give this measurement another name")
     return out
+
+
+def claim_record_name(ap: argparse.ArgumentParser, name: str, records: Path | None = None) -> None:
+    """Stop with a usage error when today's record ``name`` exists: a measurement checks before it starts, not
+    after its minutes of work."""
+    try:
+        new_record_path(name, None, records)
+    except FileExistsError as exc:
+        ap.error(str(exc))
 
 
 def write_record(name: str, record: dict[str, Any], records: Path | None = None) -> Path:

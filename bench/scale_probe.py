@@ -25,7 +25,7 @@ import psycopg
 
 from bench import synth
 from bench.loadgen import Req, run_wrk, write_plan
-from bench.results import command_line, loadavg, machine_facts, new_record_path, write_record
+from bench.results import claim_record_name, command_line, loadavg, machine_facts, write_record
 from bench.stats import summarize
 from bench.target import NaraServer, dev_idp, free_port
 
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record-name", help="file name part of the record (default scale-probe[-<load>x<observations>])")
     args = ap.parse_args(argv)
     record_name = args.record_name or (f"scale-probe-{args.load}x{args.observations}" if args.load else "scale-probe")
-    try:
-        new_record_path(record_name)
-    except FileExistsError as exc:
-        ap.error(str(exc))
+    claim_record_name(ap, record_name)
     work = Path(tempfile.mkdtemp(prefix="nara-scale-"))
     env, token = dev_idp(work / "idp.json")
     server = NaraServer(args.database_url, free_port(), args.workers, work / "server.log", env=env)

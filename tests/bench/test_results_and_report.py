@@ -374,6 +374,22 @@ def test_a_record_is_never_replaced_and_carries_its_time_of_day(tmp_path: Path) 
     assert new_record_path("probe", "2026-12-08", tmp_path / "records").name == "2026-12-08-probe.json"
 
 
+def test_a_measurement_whose_record_name_is_taken_today_stops_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+    from datetime import date
+
+    from bench.results import claim_record_name, write_record
+
+    ap = argparse.ArgumentParser(prog="bench.ab")
+    claim_record_name(ap, "probe", tmp_path)  # free: nothing happens
+    write_record("probe", {"date": date.today().isoformat(), "figures": {}}, tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        claim_record_name(ap, "probe", tmp_path)
+    assert stopped.value.code == 2 and "another name" in capsys.readouterr().err
+
+
 def test_a_quick_run_shows_the_latest_ten_million_record_extract_of_an_earlier_run(tmp_path: Path) -> None:
     older = security_run(tmp_path, "long", 10_000_000, 120.0)
     security_run(tmp_path, "quick", 1_000_000, 55.0)
