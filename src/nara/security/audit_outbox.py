@@ -107,10 +107,11 @@ class Outbox:
             # (Store.run_on_loop), and another request on that loop, appending meanwhile, must not find the
             # lock held by a request that cannot go on until it has run.
             self._tag = self.tag()
+        tag = self._tag
         with self._lock:
             try:
                 if self._fd is None or self._size >= self.max_file_bytes:
-                    self._open()
+                    self._open(tag)
                 assert self._fd is not None
                 written = os.write(self._fd, line)
             except OSError as exc:
@@ -144,14 +145,14 @@ class Outbox:
         self._fd = None
         self._lock = threading.Lock()
 
-    def _open(self) -> None:
+    def _open(self, tag: str) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(PermissionError):
             os.chmod(self.directory, 0o700)  # log data: the service's user only, also when made by someone else
-        name = f"{self._tag or self.tag()}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        name = f"{tag}-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -385,10 +386,9 @@ def refused_for_its_data(exc: DBAPIError) -> bool:
     would fail again and hold back every record after it: a data exception (SQLSTATE class 22), an integrity
     violation (23), or a program limit (54: a value too large for an index row, say). Anything else (a lost
     connection, a timeout, a read-only or full database) is the database's state and passes."""
-    if isinstance(exc, (DataError, IntegrityError)):
+    if isinstance(exc, (DataError, IntegrityError)):  # the driver's classes 22 and 23
         return True
-    state = getattr(exc.orig, "sqlstate", None) or ""
-    return state.startswith(("22", "23", "54"))
+    return (getattr(exc.orig, "sqlstate", None) or "").startswith("54")
 
 
 def _reject(path: Path, line: bytes, why: str) -> None:

@@ -80,6 +80,12 @@ class SecuritySettings:
     reader_drain_seconds: float = 5.0
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None for another scheme or no token)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def redact(tx: Tx, st: Stored) -> Stored:
     """Never show the address of a patient with protected identity (R-ID-3), nor her household's (her
     RelatedPersons'); show a staff member's private data (personnummer, home address, birth date) only to
@@ -174,10 +180,10 @@ class Gate:
             return SYSTEM
         if not authorization:
             raise unauthorized("Authentication required: send a bearer token")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(authorization)
+        if token is None:
             raise unauthorized("Authentication required: use the Bearer scheme")
-        claims = self.validator.validate(token.strip())
+        claims = self.validator.validate(token)
         try:
             return self.resolver.resolve(claims)
         except FhirError as exc:
@@ -190,8 +196,8 @@ class Gate:
         provider for its keys (a network call, which must not hold the server's event loop)."""
         if not self.settings.enabled:
             return True
-        scheme, _, token = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and self.validator.recently_verified(token.strip())
+        token = bearer_token(authorization or "")
+        return token is not None and self.validator.recently_verified(token)
 
     def policy(self, actor: Actor, rules_available: bool = True) -> Policy:
         return Policy(actor, audit.now_utc(), rules_available)

@@ -213,9 +213,9 @@ class Store:
         if records_audit and not self.postgres:
             write = True
         try:
-            autocommit = not write and self.read_engine is not None
-            engine = self.read_engine if autocommit and self.read_engine is not None else self.engine
-            conn = engine.connect()
+            read_engine = None if write else self.read_engine
+            autocommit = read_engine is not None
+            conn = (read_engine or self.engine).connect()
         except OperationalError as exc:
             raise FhirError(503, "transient", "The database is not reachable; nothing was changed") from exc
         try:
