@@ -10,22 +10,20 @@ from bench.ab import WORKTREE, checkout, failed_requests, paired_ratios, round_o
 from bench.loadgen import parse_wrk_output
 from bench.target import ROOT
 
+from tests.bench.test_loadgen_and_data import WRK_LINE
+
 
 def test_the_versions_take_turns_going_first() -> None:
     assert [round_order(i) for i in range(4)] == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a")]
 
 
 def test_a_round_with_failed_requests_is_refused_and_says_what_failed() -> None:
-    line = (
-        'WRKJSON {"requests":200,"duration_us":2000000,"bytes":1,"errors":{"connect":0,"read":0,"write":0,'
-        '"status":STATUS,"timeout":0},"latency_us":{"min":1,"mean":9.0,"max":90,"stdev":1.0,"p50":8,"p75":9,'
-        '"p90":10,"p95":15,"p99":40,"p999":80},"status":{"2xx":X2,"3xx":0,"4xx":X4,"5xx":0}}'
-    )
-    clean = parse_wrk_output(line.replace("STATUS", "0").replace("X2", "200").replace("X4", "0"))
-    assert failed_requests(clean) is None
-    unauthorized = parse_wrk_output(line.replace("STATUS", "7").replace("X2", "193").replace("X4", "7"))
-    message = failed_requests(unauthorized)
-    assert message is not None and message.startswith("7 requests failed") and "'4xx': 7" in message
+    failing = parse_wrk_output(WRK_LINE)  # 4 error statuses and a timeout
+    message = failed_requests(failing)
+    assert message is not None and message.startswith("5 requests failed") and "'4xx': 4" in message
+    assert "transport errors 1" in message
+    clean = WRK_LINE.replace('"status":4,"timeout":1', '"status":0,"timeout":0').replace('"4xx":4', '"4xx":0')
+    assert failed_requests(parse_wrk_output(clean)) is None
 
 
 def test_the_figure_is_the_median_of_the_rounds_ratios() -> None:
