@@ -89,6 +89,26 @@ def test_the_shared_filter_keys_statements_by_the_actors_shape_not_their_values(
     assert key(vc, blocked=True) != key(vc)
 
 
+def test_the_read_filter_binds_each_value_once_and_writes_the_rule_kinds_into_the_sql(
+    region: Region, store: Store
+) -> None:
+    """A staff read's filter names her unit and the moment in many places; each is one parameter, read from the
+    request's policy once a statement, and the kinds of rule it looks for (consent, block, ...) are constants of
+    the SQL text, not parameters to send and parse on every request."""
+    stmt = select(resource.c.rid).where(
+        resource.c.res_type == "Observation", policy_of(store, region, "vc").row_filter(resource)
+    )
+    compiled = stmt.compile(dialect=store.engine.dialect)
+    late = [name for name in compiled.bind_names.values() if name.startswith("pol_")]
+    assert late and len(late) == len(set(late)), late
+    assert {"pol_unit", "pol_provider", "pol_now", "pol_practitioner"} <= set(late)
+    sql = str(compiled)
+    for kind in ("consent", "emergency", "block", "break"):
+        assert f"kind = '{kind}'" in sql
+    constants = [b.value for b in compiled.binds.values() if b.callable is None]
+    assert not {"consent", "emergency", "block", "break"} & set(constants), constants
+
+
 def test_a_patients_access_rules_keep_their_prepared_statement_while_searches_are_planned_with_values(
     region: Region, store: Store
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 
 from nara.security.scopes import Scopes
 
@@ -29,15 +30,26 @@ class Assignment:
 
     def has_right(self, activity: str, scope: str) -> bool:
         """True when a right `Aktivitet;Informationstyp;Omfång` grants the activity at that scope or wider."""
-        order = {"VE": 0, "VG": 1, "SJF": 2}
-        for r in self.rights:
-            parts = [p.strip() for p in r.split(";")]
-            if len(parts) != 3:
-                continue
-            act, _info, omf = parts
-            if act.lower() == activity.lower() and order.get(omf.upper(), -1) >= order.get(scope.upper(), 9):
-                return True
-        return False
+        widest = _widest_scopes(self.rights).get(activity.lower(), -1)
+        return widest >= _SCOPE_ORDER.get(scope.upper(), 9)
+
+
+_SCOPE_ORDER = {"VE": 0, "VG": 1, "SJF": 2}  # care unit, care provider, coordinated documentation (SVOD)
+
+
+@lru_cache(maxsize=4096)
+def _widest_scopes(rights: tuple[str, ...]) -> dict[str, int]:
+    """The widest scope each activity is granted at by ``rights`` (parsed once per distinct set: the policy asks
+    on every request); malformed rights grant nothing."""
+    widest: dict[str, int] = {}
+    for r in rights:
+        parts = [p.strip() for p in r.split(";")]
+        if len(parts) != 3:
+            continue
+        act, _info, omf = parts
+        rank = _SCOPE_ORDER.get(omf.upper(), -1)
+        widest[act.lower()] = max(rank, widest.get(act.lower(), -1))
+    return widest
 
 
 @dataclass(frozen=True)

@@ -151,10 +151,20 @@ def _may_be_consent(rtype: str | None) -> bool:
 
 
 def _late(name: str, type_: Any = None, expanding: bool = False) -> Any:
-    """A bind parameter whose value is read from the active policy when the statement executes."""
-    return bindparam(
-        f"pol_{name}", type_=type_ or String(), expanding=expanding, callable_=partial(_active_value, name)
-    )
+    """A bind parameter whose value is read from the active policy when the statement executes. One parameter
+    object per name (and type): a filter that names the unit or the moment in several places reads its value
+    once a statement, not once a place."""
+    key = (name, type(type_).__name__ if type_ is not None else "", expanding)
+    found = _LATE.get(key)
+    if found is None:
+        made = bindparam(
+            f"pol_{name}", type_=type_ or String(), expanding=expanding, callable_=partial(_active_value, name)
+        )
+        found = _LATE.setdefault(key, made)
+    return found
+
+
+_LATE: dict[tuple[str, str, bool], Any] = {}
 
 
 def _constants(values: list[str] | tuple[str, ...]) -> list[Any]:
@@ -582,7 +592,7 @@ class Policy:
         actor = self.actor
         assert actor.assignment is not None
         r = pdl_rule.alias(f"p{kind[0]}")
-        return exists().where(r.c.patient_id == patient, r.c.kind == kind, self.mine_in_force(r))
+        return exists().where(r.c.patient_id == patient, r.c.kind == _constants([kind])[0], self.mine_in_force(r))
 
     def _blocked(self, a: Alias) -> ColumnElement[bool]:
         """The row is covered by a block that applies to me and that I have not broken (step 2)."""
@@ -592,14 +602,14 @@ class Policy:
         k = pdl_rule.alias("pk")
         broken = exists().where(
             k.c.patient_id == b.c.patient_id,  # correlated with the block row (and through it with the data row)
-            k.c.kind == "break",
+            k.c.kind == _constants(["break"])[0],
             k.c.employee == _late("practitioner"),
             k.c.org == b.c.org,
             _active(k, _late("now", DateTime())),
         )
         return exists().where(
             b.c.patient_id == a.c.patient_id,
-            b.c.kind == "block",
+            b.c.kind == _constants(["block"])[0],
             or_(b.c.org == a.c.owner_org, b.c.org == a.c.owner_unit),
             b.c.org.not_in([_late("unit"), _late("provider")]),
             or_(b.c.starts.is_(None), a.c.last_updated >= b.c.starts),
@@ -642,11 +652,11 @@ class Policy:
         k = pdl_rule.alias("bk")
         return exists().where(
             b.c.patient_id == row.patient_id,
-            b.c.kind == "block",
+            b.c.kind == _constants(["block"])[0],
             or_(b.c.org == row.owner_org, b.c.org == row.owner_unit),
             exists().where(
                 k.c.patient_id == b.c.patient_id,
-                k.c.kind == "break",
+                k.c.kind == _constants(["break"])[0],
                 k.c.org == b.c.org,
                 k.c.employee == _late("practitioner"),
                 _active(k, _late("now", DateTime())),
