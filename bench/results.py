@@ -48,13 +48,20 @@ def git_facts(root: Path) -> dict[str, Any]:
 
 def short_commit(root: Path, ref: str | None = None) -> str:
     """The short commit of ``ref``, or (None) of the checkout at ``root`` as it is: its HEAD, with ``+changes``
-    when git shows any change in it; for the title of a one-off measurement's record."""
+    when git shows any change in it (a new file too), other than the measurements' own records and results
+    (a record written earlier the same session changes nothing that is measured); for a record's title."""
     if ref is not None:
         out = subprocess.run(["git", "rev-parse", "--short", ref], cwd=root, capture_output=True, text=True, check=True)
         return out.stdout.strip()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True)
+    outputs = [f":(exclude){d}" for d in MEASUREMENT_OUTPUTS]
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", ".", *outputs], cwd=root, capture_output=True, text=True
+    )
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+MEASUREMENT_OUTPUTS = ("bench/records", "bench/results")  # what measurements write into the checkout
 
 
 def loadavg() -> list[float]:

@@ -422,9 +422,27 @@ def test_a_records_command_line_is_quoted_so_that_it_runs_again_as_it_stands() -
     assert shlex.split(line)[-1] == "B's side: without its sealer"
 
 
-def test_a_records_version_is_the_short_commit_and_this_checkout_says_when_it_has_changes() -> None:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert results.short_commit(ROOT, "HEAD") == head.stdout.strip()
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
-    expected = head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
-    assert results.short_commit(ROOT) == expected
+def test_a_records_version_is_the_short_commit_and_this_checkout_says_when_it_has_changes(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "bench@example.org")
+    git("config", "user.name", "bench")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    assert results.short_commit(tmp_path, "HEAD") == head
+    assert results.short_commit(tmp_path) == head
+    # A record or result written by an earlier measurement is no change to what is measured.
+    for d in results.MEASUREMENT_OUTPUTS:
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "2026-12-07-x.json").write_text("{}")
+    assert results.short_commit(tmp_path) == head
+    (tmp_path / "src" / "new.py").write_text("y = 2\n")  # a new source file is
+    assert results.short_commit(tmp_path) == head + "+changes"
+    (tmp_path / "src" / "new.py").unlink()
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")  # and so is an edit
+    assert results.short_commit(tmp_path) == head + "+changes"
