@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     from nara.config import Settings
-    from nara.security.gate import current_policy
+    from nara.security.gate import current_policy, redact, redact_versions
     from nara.server.app import _execute, create_app
     from nara.server.dispatch import Context, FhirRequest, dispatch
     from nara.store.store import Store
@@ -105,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                 current_policy.reset(reset)
 
             def whole_read(actor: Any = actor, req: Any = req) -> None:
-                context = Context(
+                context = Context(  # the server's hooks (server/app.py), so that the read is the one served
                     base_url="http://127.0.0.1/fhir",
                     settings=settings,
                     audit=gate.audit_read,
                     audit_before=gate.prepare_read_audit,
+                    redact=redact,
+                    redact_versions=redact_versions,
                 )
                 _execute(store, gate, actor, context, req)
 
