@@ -89,14 +89,12 @@ class TokenValidator:
     def recently_verified(self, token: str, margin: float = 1.0) -> bool:
         """Whether validating ``token`` within the next ``margin`` seconds would take its verified claims, asking
         no identity provider (the margin covers the moment between asking and validating)."""
-        hit = self._verified.get(token)
-        return hit is not None and time.time() - hit[0] < VERIFIED_SECONDS - margin
+        return self._kept_claims(token, time.time(), margin) is not None
 
     def validate(self, token: str) -> dict[str, Any]:
         now = time.time()
-        hit = self._verified.get(token)
-        if hit is not None and now - hit[0] < VERIFIED_SECONDS:
-            claims = hit[1]
+        claims = self._kept_claims(token, now)
+        if claims is not None:
             _check_times(claims, now)
             return dict(claims)
         claims = self._verify(token)
@@ -105,6 +103,12 @@ class TokenValidator:
                 self._verified.clear()
             self._verified[token] = (now, claims)
         return dict(claims)
+
+    def _kept_claims(self, token: str, now: float, margin: float = 0.0) -> dict[str, Any] | None:
+        """The claims of ``token`` if its signature was verified less than ``VERIFIED_SECONDS`` (less ``margin``)
+        before ``now``; None when it must be verified (again)."""
+        hit = self._verified.get(token)
+        return hit[1] if hit is not None and now - hit[0] < VERIFIED_SECONDS - margin else None
 
     def _verify(self, token: str) -> dict[str, Any]:
         if not token or token.count(".") != 2:
