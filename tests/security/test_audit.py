@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ from sqlalchemy.engine import Engine
 
 from nara.config import Settings
 from nara.security import audit
-from nara.security.actors import SYSTEM
+from nara.security.actors import SYSTEM, Actor
 from nara.security.schema import audit_access, audit_event, audit_review, drop_guard_statements, install_guards
 from nara.server.app import create_app
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
 from tests.security.region import AVD, HSV, JSON, PNR, VC, Region, actor, build_region, consent, observation
+from tests.security.test_actors import assignment
 
 
 @pytest.fixture
@@ -1126,3 +1128,69 @@ def test_every_acknowledged_request_has_its_record_after_a_kill(backend: Backend
         engine.dispose()
         if backend.name == "postgres":
             drop_database(url)
+
+
+# ---- a read's record as a line of the outbox (audit.spool_line) ---------------------------------------------
+def _staff(name: str = "Anna Ek", subject: str = "SE2321000016-P001") -> Actor:
+    return Actor(kind="staff", subject=subject, name=name, assignment=assignment("Läsa;alla;SJF"))
+
+
+def _as_stored(rec: audit.AuditRecord, at: datetime) -> Any:
+    """The record as the log stores it, by the general path (``record_row`` then ``sealed_row``)."""
+    return orjson.loads(orjson.dumps(audit.sealed_row(audit.record_row(rec, at))))
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        audit.AuditRecord(
+            "read", "permit", _staff(), "Observation", "o1", "GET /Observation/o1",
+            accesses=[audit.Access("p1", "SE2321000016-VG", "SE2321000016-E001", "own-unit")],
+        ),
+        audit.AuditRecord(
+            "search", "permit", _staff(name="Nul\x00l"), "Observation", None, "GET /Observation?code=a%00b\x00",
+            flags={"active-choice"},
+            accesses=[
+                audit.Access("p1", "VG2", "E2", "emergency", assertion_id="c1"),
+                audit.Access("p1", "VG2", "E2", "emergency", assertion_id="c1"),  # the same access twice: once
+                audit.Access("p2", "VG2", "E3", "svod", protected=True, assertion_id="c2"),
+                audit.Access("p3", None, None, "denied"),
+            ],
+        ),
+        audit.AuditRecord("read", "permit", audit.operator_actor("export"), "Patient", "p1", "GET /Patient/p1"),
+        audit.AuditRecord(
+            "operation", "permit", Actor(kind="citizen", subject="191212121212", patient="p9"), None, None,
+            "GET /Patient/p9/$log-extract", reason="x" * 3000, accesses=[audit.Access("p9", None, None, "citizen")],
+        ),
+    ],
+    ids=["staff-read", "staff-search-flags-and-nul", "operator", "citizen"],
+)  # fmt: skip
+def test_a_spool_line_holds_the_record_as_the_log_would_store_it(rec: audit.AuditRecord) -> None:
+    at = audit.now_utc()
+    line = audit.spool_line(rec, at)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert orjson.loads(line) == _as_stored(rec, at)
+    assert orjson.loads(audit.spool_line(rec, at)) == _as_stored(rec, at)  # again, with the actor's columns kept
+
+
+def test_a_spool_line_refuses_what_a_column_cannot_hold_for_the_actor_every_time_and_for_the_rest() -> None:
+    at = audit.now_utc()
+    too_long = _staff(subject="SE" + "9" * 70)  # user_id is 64 characters
+    for _ in range(2):  # a refused actor is not kept as checked
+        with pytest.raises(ValueError, match="user_id"):
+            audit.spool_line(audit.AuditRecord("read", "permit", too_long, "Patient", "p1"), at)
+    with pytest.raises(ValueError, match="action"):
+        audit.spool_line(audit.AuditRecord("r" * 40, "permit", _staff(), "Patient", "p1"), at)
+    with pytest.raises(ValueError, match="access_type"):
+        access = audit.Access("p1", None, None, "a-type-past-sixteen-characters")
+        audit.spool_line(audit.AuditRecord("read", "permit", _staff(), "Patient", "p1", accesses=[access]), at)
+
+
+def test_each_spool_line_names_its_own_actor_also_past_the_kept_actors_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit, "_MAX_CHECKED_ACTORS", 3)
+    at = audit.now_utc()
+    actors = [_staff(name=f"Person {i}", subject=f"SE2321000016-P{i:03}") for i in range(10)]
+    for a in [*actors[:2], *actors[:2], *actors, *actors]:  # kept ones (the first two, in turns) and past the limit
+        line = orjson.loads(audit.spool_line(audit.AuditRecord("read", "permit", a, "Patient", "p1"), at))
+        assert (line["e"]["user_id"], line["e"]["user_name"]) == (a.subject, a.name)
+    assert len(audit._CHECKED_ACTORS) <= 3

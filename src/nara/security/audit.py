@@ -155,29 +155,25 @@ def _record_sql(dialect: str, accesses: int, lookup_protected: bool = True) -> t
 
 def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[Access]]:
     """The event's column values and its distinct accesses (one per patient, owner, access type and action)."""
-    actor = rec.actor
-    a = actor.assignment
+    own, accesses = _own_params(rec, at)
+    return {**own, **_actor_params(rec.actor)}, accesses
+
+
+def _own_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[Access]]:
+    """The event's column values but the actor's (``_actor_params``), and its distinct accesses."""
     flags = set(rec.flags)
-    if any(x.protected for x in rec.accesses):
-        flags.add("protected-identity")
-    if any(x.access_type == "emergency" for x in rec.accesses):
-        flags.add("emergency")
     unique: dict[tuple[str, str | None, str | None, str, str | None, str | None], Access] = {}
     for x in rec.accesses:
+        if x.protected:
+            flags.add("protected-identity")
+        if x.access_type == "emergency":
+            flags.add("emergency")
         unique.setdefault((x.patient_id, x.owner_org, x.owner_unit, x.access_type, x.action, x.assertion_id), x)
     accesses = list(unique.values())
     params: dict[str, Any] = {
         "recorded_at": at,
         "action": rec.action,
         "outcome": rec.outcome,
-        "actor_kind": actor.kind,
-        "user_id": actor.subject,
-        "user_name": actor.name or None,
-        "assignment_id": a.id if a else None,
-        "unit_id": a.unit if a else None,
-        "provider_id": a.provider if a else None,
-        "purpose": a.purpose if a else None,
-        "client_id": actor.client_id,
         "resource_type": rec.resource_type,
         "resource_id": rec.resource_id,
         "request": (rec.request or "")[:2000] or None,
@@ -186,12 +182,33 @@ def _event_params(rec: AuditRecord, at: datetime) -> tuple[dict[str, Any], list[
         "flags": ",".join(sorted(flags)) or None,
         "patient_count": len({x.patient_id for x in accesses}),
     }
+    return _without_nul(params), accesses
+
+
+def _actor_params(actor: Actor) -> dict[str, Any]:
+    """The event's columns that say who acted."""
+    a = actor.assignment
+    return _without_nul(
+        {
+            "actor_kind": actor.kind,
+            "user_id": actor.subject,
+            "user_name": actor.name or None,
+            "assignment_id": a.id if a else None,
+            "unit_id": a.unit if a else None,
+            "provider_id": a.provider if a else None,
+            "purpose": a.purpose if a else None,
+            "client_id": actor.client_id,
+        }
+    )
+
+
+def _without_nul(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if isinstance(value, str) and "\x00" in value:
             # A NUL (sent as %00 in a query) cannot be stored in a PostgreSQL text column: the record would
             # fail, and with it the read. Logged as U+FFFD instead, so that the request is still on record.
             params[key] = value.replace("\x00", "\ufffd")
-    return params, accesses
+    return params
 
 
 def record(conn: Connection, rec: AuditRecord, at: datetime | None = None) -> int:
@@ -491,6 +508,34 @@ def _stored(spec: tuple[tuple[str, int, bool, int | None], ...], values: dict[st
 
 _EVENT_SPEC = _spec(audit_event, _EVENT_COLUMNS)
 _ACCESS_SPEC = _spec(audit_access, _ACCESS_COLUMNS)
+_ACTOR_COLUMNS = _EVENT_COLUMNS[_EVENT_COLUMNS.index("actor_kind") : _EVENT_COLUMNS.index("client_id") + 1]
+_ACTOR_SPEC = tuple(c for c in _EVENT_SPEC if c[0] in _ACTOR_COLUMNS)
+_OWN_SPEC = tuple(c for c in _EVENT_SPEC if c[0] not in _ACTOR_COLUMNS)
+# The actor's columns as stored, by actor object (the identity resolver keeps one object per signed-in user for
+# a while): checked once per actor, not with every read's record. Each entry keeps its actor, so an id is not
+# reused while it is here.
+_CHECKED_ACTORS: dict[int, tuple[Actor, dict[str, Any]]] = {}
+_MAX_CHECKED_ACTORS = 4096
+
+
+def spool_line(rec: AuditRecord, at: datetime) -> bytes:
+    """``rec`` as a line of the read-audit outbox: ``sealed_row(record_row(rec, at))`` as JSON, made in one pass
+    on a read's way out (ValueError, as ``sealed_row``, when a value does not fit its column)."""
+    own, accesses = _own_params(rec, at)
+    event = {**_stored(_OWN_SPEC, own), **_checked_actor(rec.actor)}
+    checked = [_stored(_ACCESS_SPEC, {c: getattr(x, c) for c in _ACCESS_COLUMNS}) for x in accesses]
+    return orjson.dumps({"e": event, "a": checked}) + b"\n"
+
+
+def _checked_actor(actor: Actor) -> dict[str, Any]:
+    hit = _CHECKED_ACTORS.get(id(actor))
+    if hit is not None and hit[0] is actor:
+        return hit[1]
+    part = _stored(_ACTOR_SPEC, _actor_params(actor))
+    if len(_CHECKED_ACTORS) >= _MAX_CHECKED_ACTORS:
+        _CHECKED_ACTORS.clear()
+    _CHECKED_ACTORS[id(actor)] = (actor, part)
+    return part
 
 
 def lock_chain(conn: Connection) -> None:

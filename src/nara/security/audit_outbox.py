@@ -15,8 +15,8 @@ writes every record to the database before answering instead.
 
 Files and their life:
 - Each process appends to its own file, ``<database>-<host>-<pid>-<start ns>.audit``, one JSON document a line
-  (``audit.record_row``). ``<database>`` names the database the records belong to (``database_tag``): a
-  drainer takes only its own database's files, so two servers of different databases that share a
+  (``audit.spool_line``: a ``record_row`` value). ``<database>`` names the database the records belong to
+  (``database_tag``): a drainer takes only its own database's files, so two servers of different databases that share a
   directory (say production and training started in the same place) never log each other's reads. It
   holds an exclusive ``flock`` on the file while it may still append; it takes
   the lock before the file gets its name (a temporary name, then ``rename``), so a drainer never sees an
@@ -58,7 +58,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from nara.security.audit import AuditRecord, insert_sealed, lock_chain, record_row, sealed_row
+from nara.security.audit import AuditRecord, insert_sealed, lock_chain, sealed_row, spool_line
 from nara.security.schema import audit_outbox
 
 log = logging.getLogger("nara.security.audit_outbox")
@@ -98,10 +98,9 @@ class Outbox:
     def append(self, rec: AuditRecord, at: datetime) -> None:
         try:
             # As the log will store it; a record it would refuse (a value too long for its column) is refused now.
-            row = sealed_row(record_row(rec, at))
+            line = spool_line(rec, at)
         except ValueError as exc:  # the read must not answer: its record would never reach the log
             raise OutboxError(f"the audit record cannot be logged: {exc}") from exc
-        line = orjson.dumps(row) + b"\n"
         if self._tag is None:
             # Asked before the lock is taken: the database's answer may be awaited on the event loop
             # (Store.run_on_loop), and another request on that loop, appending meanwhile, must not find the
