@@ -216,7 +216,12 @@ class Gate:
         broken = policy.broken_owners(tx, others)
         # Protected identity is marked by the audit insert itself (audit.record).
         typed = [
-            (pid, org, unit, policy.access_type(org, unit, pid in emergency, bool({(pid, org), (pid, unit)} & broken)))
+            (
+                pid,
+                org,
+                unit,
+                policy.access_type(org, unit, pid in emergency, bool(broken and {(pid, org), (pid, unit)} & broken)),
+            )
             for (pid, org, unit) in by_key
         ]
         used = policy.assertions(tx, typed)  # the consent, emergency assertion or break behind each (R-LOG-1)
@@ -683,8 +688,10 @@ def _target(path: str) -> tuple[str | None, str | None]:
 def _read_interaction(tx: Tx, req: Any) -> tuple[str, str | None, str | None, set[str]]:
     """The log fields of a read-like request: request line, resource type and id, flags."""
     rtype, rid = _target(req.path)
-    query = "&".join(f"{k}={v}" for k, v in _search_parameters(req))
-    request = f"{req.method} {req.path}" + (f"?{query}" if query else "")
+    parameters = _search_parameters(req)
+    request = f"{req.method} {req.path}"
+    if parameters:
+        request += "?" + "&".join(f"{k}={v}" for k, v in parameters)
     flags = {"active-choice"} if tx.policy.actor.other_units_chosen else set()
     return request, rtype, rid, flags
 
@@ -703,7 +710,7 @@ def attach_policy(tx: Tx) -> None:
 def interaction_kind(method: str, path: str) -> str | None:
     """The audit action of a read-like interaction (None for writes, which the write hook audits)."""
     parts = [p for p in path.strip("/").split("/") if p]
-    if any(p.startswith("$") for p in parts):
+    if "$" in path and any(p.startswith("$") for p in parts):  # (most paths have none: one look, in C)
         return "operation"
     if method == "POST" and parts and parts[-1] == "_search":
         return "search"
