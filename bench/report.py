@@ -557,7 +557,10 @@ def security_targets(data: dict[str, Any], earlier: list[dict[str, Any]] | None 
         "repetitions in turn; the cost is 1 − measured/baseline for throughput and measured/baseline − 1 for p95. "
         "The issue compares with 'a superuser with policy off'; every access is audited in Nära, a superuser's "
         "too, so the first rows take the audited superuser as the baseline, and the last rows a twin server "
-        "that writes no read audit (`bench/unaudited_server.py`, benchmark only).",
+        "that writes no read audit (`bench/unaudited_server.py`, benchmark only). The scenario runs its servers "
+        "side by side, which favours one of them, and repeats each measurement a few times; the rows marked "
+        "'paired rounds' (`bench/ab.py`: one server at a time, ten or more rounds in alternating order, the "
+        "median of the rounds' ratios) are the measurement of record for the targets.",
         "",
         *table(("figure", "goal", "measured", "met"), rows),
         *cpu_lines(extra.get("cpu_per_request")),
