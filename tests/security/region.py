@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
+from nara.security.actors import PURPOSE_CARE, Assignment
 from tests.conftest import token
 
 NARA = "https://nara.se/fhir"
@@ -26,6 +27,23 @@ REGION, MUNI = "SE2321000032-REG", "SE2120000000-KOM"
 VC, AVD, TOM, HSV = "SE2321000032-VC1", "SE2321000032-AVD", "SE2321000032-TOM", "SE2120000000-HSV"
 
 ADULT_PNR = "195002032380"  # Luhn-valid test number; born 1950-02-03
+
+
+def assignment(*rights: str, **fields: Any) -> Assignment:
+    """A staff assignment at the health centre (VC) of the region, built directly rather than from a token, with
+    ``rights`` (``Läsa;alla;SJF``, say); ``fields`` set others (its id, say)."""
+    values: dict[str, Any] = {
+        "id": "SE2321000032-A001",
+        "role_id": "role-1",
+        "unit": VC,
+        "unit_name": "Vårdcentralen",
+        "provider": REGION,
+        "provider_name": "Region",
+        "provider_kind": "vardgivare",
+        "purpose": PURPOSE_CARE,
+        "rights": rights,
+    }
+    return Assignment(**{**values, **fields})
 
 
 def luhn_pnr(born: date, serial: int) -> str:

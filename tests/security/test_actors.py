@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-from nara.security.actors import PURPOSE_CARE, Assignment
-
-
-def assignment(*rights: str) -> Assignment:
-    return Assignment(
-        id="SE2321000016-A001",
-        role_id="role-1",
-        unit="SE2321000016-E001",
-        unit_name="Vårdcentralen",
-        provider="SE2321000016-VG",
-        provider_name="Region",
-        provider_kind="vardgivare",
-        purpose=PURPOSE_CARE,
-        rights=rights,
-    )
+from tests.security.region import assignment
 
 
 def test_a_right_grants_its_activity_at_its_scope_and_every_narrower_one() -> None:

@@ -27,8 +27,7 @@ from nara.security.schema import audit_access, audit_event, audit_review, drop_g
 from nara.server.app import create_app
 from nara.store.store import Store
 from tests.conftest import Backend, LiveServer, _free_port, token, wait_healthy
-from tests.security.region import AVD, HSV, JSON, PNR, VC, Region, actor, build_region, consent, observation
-from tests.security.test_actors import assignment
+from tests.security.region import AVD, HSV, JSON, PNR, VC, Region, actor, assignment, build_region, consent, observation
 
 
 @pytest.fixture

@@ -13,27 +13,18 @@ from sqlalchemy import select, text
 
 from nara.fhir.outcome import FhirError
 from nara.security import audit
-from nara.security.actors import PURPOSE_CARE, Actor, Assignment
+from nara.security.actors import Actor
 from nara.security.audit_commit import GroupCommit
 from nara.security.schema import audit_access, audit_event, pdl_rule
 from nara.store.store import Store
+from tests.security.region import assignment
 
 NURSE = Actor(
     kind="staff",
     subject="SE2321000032-PNURSE",
     name="Nina Nurse",
     practitioner="prac-nurse",
-    assignment=Assignment(
-        id="SE2321000032-PNURSE-U",
-        role_id="role-nurse",
-        unit="SE2321000032-VC1",
-        unit_name="Vårdcentralen",
-        provider="SE2321000032-REG",
-        provider_name="Region",
-        provider_kind="vardgivare",
-        purpose=PURPOSE_CARE,
-        rights=("Läsa;alla;SJF",),
-    ),
+    assignment=assignment("Läsa;alla;SJF", id="SE2321000032-PNURSE-U", role_id="role-nurse"),
 )
 
 
